@@ -1,0 +1,1 @@
+"""Analysis of trained runs: estimators, evaluation, figures, tables, report."""

@@ -1,0 +1,74 @@
+"""Command-line registration for analysis: evaluate, report, demo, kp, bench eval.
+
+Argument definitions only; each handler lives in its own module and is imported on use.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from rdbench._lazy import handler
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    _register_evaluate(commands)
+    _register_report(commands)
+    _register_demo(commands)
+    _register_kp(commands)
+
+
+def register_bench(benches: argparse._SubParsersAction) -> None:
+    p = benches.add_parser("eval", help="rate-decomposition and evaluation throughput")
+    p.add_argument("--out", default=None, help="write the JSON results here")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--quick", action="store_true", help="small sizes, for a smoke test")
+    p.set_defaults(handler=handler("analysis.bench:main"))
+
+
+def _register_evaluate(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser("evaluate", help="estimate D, R, MI, marginal KL, log p(x) per run")
+    p.add_argument("runs_dir", metavar="RUNS_DIR")
+    p.add_argument("--iwae-samples", type=int, default=1000, metavar="K",
+                   help="importance samples for log p(x) (default 1000)")
+    p.add_argument("--iwae-subset", type=int, default=1000, metavar="N",
+                   help="examples per set for log p(x) (default 1000; 0 = all)")
+    p.add_argument("--mi-batch", default="512", metavar="B|exact",
+                   help="minibatch size of the rate decomposition, or 'exact' (default 512)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--force", action="store_true", help="re-evaluate runs that have metrics")
+    p.set_defaults(handler=handler("analysis.evaluate:main"))
+
+
+def _register_report(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser("report", help="figures and tables of evaluated runs")
+    p.add_argument("runs_dir", metavar="RUNS_DIR")
+    p.add_argument("--out", default=None, help="report directory (default RUNS_DIR/report)")
+    p.add_argument("--force", action="store_true", help="replace an existing report")
+    p.set_defaults(handler=handler("analysis.report:main"))
+
+
+def _register_demo(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser("demo", help="the whole pipeline at CPU scale, in minutes")
+    p.add_argument("--out", default="results/demo", help="output directory (default results/demo)")
+    p.add_argument("--force", action="store_true", help="replace a non-empty output directory")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(handler=handler("analysis.demo:main"))
+
+
+def _register_kp(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser("kp", help="implicit-regularisation analyses (Kumar & Poole 2020)")
+    kp = p.add_subparsers(dest="kp", required=True, metavar="ANALYSIS")
+    for name, text in [("objectives", "β-VAE objective vs Taylor approximation vs GRAE"),
+                       ("jacobian", "posterior precision vs I + JᵀHJ/β")]:
+        q = kp.add_parser(name, help=text)
+        q.add_argument("runs_dir", metavar="RUNS_DIR")
+        q.add_argument("--out", default=None, help="output directory (default RUNS_DIR/kp)")
+        q.add_argument("--device", default="auto")
+        q.add_argument("--force", action="store_true")
+        q.set_defaults(handler=handler(f"analysis.kp.{name}:main"))
+    q = kp.add_parser("uniqueness", help="Appendix C: diagonal vs full posterior covariance")
+    q.add_argument("--out", required=True, help="output directory")
+    q.add_argument("--quick", action="store_true", help="fewer trials; minutes on a CPU")
+    q.add_argument("--device", default="auto")
+    q.add_argument("--force", action="store_true")
+    q.set_defaults(handler=handler("analysis.kp.uniqueness:main"))

@@ -1,0 +1,1 @@
+"""Train β-VAE grids at scale: models, objectives, vectorised trainer, runner."""

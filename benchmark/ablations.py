@@ -1,0 +1,3 @@
+"""ablations objectives (filled in by their issue)."""
+
+OBJECTIVES: dict = {}

@@ -1,0 +1,3 @@
+"""implicit objectives (filled in by their issue)."""
+
+OBJECTIVES: dict = {}

@@ -1,0 +1,5 @@
+import sys
+
+from rdbench.cli import main
+
+sys.exit(main())

@@ -1,0 +1,51 @@
+"""The ``rdbench`` command line: one dispatcher, each package registers its own commands.
+
+Command modules keep their top level light (argparse only) and import torch and friends
+inside the handlers, so ``rdbench --help`` and input validation answer at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from rdbench import __version__
+from rdbench.io import InputError
+
+_PACKAGES = ("tetrominoes", "benchmark", "analysis")
+
+
+def build_parser(packages: Sequence[str] = _PACKAGES) -> argparse.ArgumentParser:
+    import importlib
+
+    parser = argparse.ArgumentParser(
+        prog="rdbench",
+        description="Rate-distortion benchmarking for variational autoencoders.",
+    )
+    parser.add_argument("--version", action="version", version=f"rdbench {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    bench = commands.add_parser("bench", help="throughput benchmarks (SPEC §8)")
+    benches = bench.add_subparsers(dest="bench", required=True, metavar="WHAT")
+    for name in packages:
+        module = importlib.import_module(f"{name}.cli")
+        module.register(commands)
+        module.register_bench(benches)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, packages: Sequence[str] = _PACKAGES) -> int:
+    parser = build_parser(packages)
+    args = parser.parse_args(argv)
+    try:
+        return int(args.handler(args) or 0)
+    except InputError as e:
+        print(f"rdbench: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("rdbench: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
