@@ -1,0 +1,200 @@
+"""Training grids: the TOML schema of SPEC §4, validated once, expanded into runs.
+
+A grid is a flat TOML file. Every key is checked before anything starts: an unknown key,
+split, architecture or objective, a β ≤ 0 or a missing dataset is one clear
+:class:`~rdbench.io.InputError`. :func:`expand` turns a grid into runs (split ×
+architecture × objective × β × seed), each a flat dict whose identity (the fields that
+change the trained model) hashes to a stable ``run_id``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+import json
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rdbench.io import InputError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+PRECISIONS = ("fp32", "bf16")
+_DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
+# Fields of a run that change the trained model; everything else (device, logging,
+# checkpoint cadence, the dataset's location) may differ without changing the run.
+_IDENTITY = ("dataset_fingerprint", "split", "architecture", "objective", "objective_options",
+             "beta", "seed", "iterations", "batch_size", "learning_rate", "latent_dim",
+             "precision")
+
+
+@dataclass(frozen=True)
+class GridConfig:
+    """One training grid (SPEC §4). Defaults are the paper's settings."""
+
+    dataset: str
+    splits: tuple[str, ...]
+    architectures: tuple[str, ...]
+    betas: tuple[float, ...]
+    name: str = "grid"
+    objectives: tuple[str, ...] = ("beta_vae",)
+    seeds: tuple[int, ...] = (0,)
+    iterations: int = 257_000
+    batch_size: int = 128
+    learning_rate: float = 1e-3
+    checkpoint_every: int = 5000
+    log_every: int = 1000
+    device: str = "auto"
+    latent_dim: int = 10
+    precision: str = "fp32"
+    block_sizes: tuple[int, ...] = (2,)  # for `beta_vae_block`: one run per block size
+    max_group_size: int = 64  # models trained at once in one job (memory bound)
+
+
+_REQUIRED = ("dataset", "splits", "architectures", "betas")
+_TUPLES = {"splits": str, "architectures": str, "objectives": str, "betas": float,
+           "seeds": int, "block_sizes": int}
+
+
+def load_grid(path: str | Path, **overrides: Any) -> GridConfig:
+    """Read and validate a grid TOML file; ``overrides`` (e.g. ``device``) win over the file."""
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise InputError(f"config file not found: {path}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise InputError(f"config file {path} is not valid TOML: {e}") from None
+    raw.update({k: v for k, v in overrides.items() if v is not None})
+    return parse_grid(raw, source=str(path))
+
+
+def parse_grid(raw: dict[str, Any], source: str = "config") -> GridConfig:
+    """Validate a grid given as a dict (the parsed TOML)."""
+    valid = [f.name for f in dataclasses.fields(GridConfig)]
+    unknown = sorted(set(raw) - set(valid))
+    if unknown:
+        raise InputError(f"{source}: unknown key(s) {', '.join(unknown)}; "
+                         f"valid keys: {', '.join(valid)}")
+    missing = [k for k in _REQUIRED if k not in raw]
+    if missing:
+        raise InputError(f"{source}: missing required key(s) {', '.join(missing)}")
+    values = {k: _coerce(k, v, source) for k, v in raw.items()}
+    grid = GridConfig(**values)
+    _validate(grid, source)
+    return grid
+
+
+def _coerce(key: str, value: Any, source: str) -> Any:
+    types = {f.name: f.type for f in dataclasses.fields(GridConfig)}
+    if key in _TUPLES:
+        items = value if isinstance(value, list) else [value]
+        want = _TUPLES[key]
+        for item in items:
+            ok = isinstance(item, (int, float)) and not isinstance(item, bool) \
+                if want is float else isinstance(item, want) and not isinstance(item, bool)
+            if not ok:
+                raise InputError(f"{source}: {key} must be a list of {want.__name__}, "
+                                 f"got {item!r}")
+        if not items:
+            raise InputError(f"{source}: {key} must not be empty")
+        if len(set(items)) != len(items):
+            raise InputError(f"{source}: {key} has duplicate entries: {items}")
+        return tuple(want(i) for i in items)
+    want = {"int": int, "float": float, "str": str}[types[key]]
+    if want is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, want) or isinstance(value, bool):
+        raise InputError(f"{source}: {key} must be {want.__name__}, got {value!r}")
+    return value
+
+
+def _validate(grid: GridConfig, source: str) -> None:
+    import tetrominoes
+    from benchmark.models import ARCHITECTURES
+    from benchmark.objectives import objective_names
+
+    _check_names(source, "split", grid.splits, tetrominoes.SPLIT_NAMES)
+    _check_names(source, "architecture", grid.architectures, ARCHITECTURES)
+    _check_names(source, "objective", grid.objectives, objective_names())
+    if any(b <= 0 for b in grid.betas):
+        raise InputError(f"{source}: every beta must be > 0, got {list(grid.betas)}")
+    if any(s < 0 for s in grid.seeds):
+        raise InputError(f"{source}: seeds must be >= 0, got {list(grid.seeds)}")
+    for key in ("iterations", "batch_size", "checkpoint_every", "log_every", "latent_dim",
+                "max_group_size"):
+        if getattr(grid, key) < 1:
+            raise InputError(f"{source}: {key} must be >= 1, got {getattr(grid, key)}")
+    if grid.learning_rate <= 0:
+        raise InputError(f"{source}: learning_rate must be > 0, got {grid.learning_rate}")
+    if grid.precision not in PRECISIONS:
+        raise InputError(f"{source}: precision must be one of {', '.join(PRECISIONS)}")
+    parse_devices(grid.device)
+    if "beta_vae_block" in grid.objectives:
+        bad = [b for b in grid.block_sizes if b < 1 or grid.latent_dim % b]
+        if bad:
+            raise InputError(f"{source}: block_sizes must divide latent_dim="
+                             f"{grid.latent_dim}, got {bad}")
+
+
+def _check_names(source: str, what: str, given: tuple[str, ...], valid: tuple[str, ...]) -> None:
+    for name in given:
+        if name not in valid:
+            raise InputError(f"{source}: unknown {what} {name!r}; valid: {', '.join(valid)}")
+
+
+def parse_devices(spec: str) -> list[str]:
+    """``"auto"``, ``"cpu"``, ``"cuda:1"`` or a comma list ``"cuda:0,cuda:1"`` → device names."""
+    devices = [d.strip() for d in spec.split(",") if d.strip()]
+    if not devices or not all(_DEVICE.match(d) for d in devices):
+        raise InputError(f"invalid device {spec!r}; use auto, cpu, cuda, cuda:N or a comma list")
+    return devices
+
+
+def objective_variants(grid: GridConfig) -> list[tuple[str, dict[str, Any]]]:
+    """(objective, options) pairs of a grid; block-diagonal β-VAEs fan out over block sizes."""
+    variants: list[tuple[str, dict[str, Any]]] = []
+    for objective in grid.objectives:
+        if objective == "beta_vae_block":
+            variants += [(objective, {"block_size": b}) for b in grid.block_sizes]
+        else:
+            variants.append((objective, {}))
+    return variants
+
+
+def run_id(run: dict[str, Any]) -> str:
+    """Stable id of a run: a hash of the fields that change the trained model."""
+    identity = {k: run[k] for k in _IDENTITY}
+    blob = json.dumps(identity, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def expand(grid: GridConfig, dataset: Any) -> list[dict[str, Any]]:
+    """All runs of a grid as resolved flat configs (the ``config.json`` of each run).
+
+    ``dataset`` is the loaded :class:`tetrominoes.Tetrominoes` (for its path, fingerprint
+    and split sizes).
+    """
+    runs = []
+    for split, arch, (objective, options), beta, seed in itertools.product(
+            grid.splits, grid.architectures, objective_variants(grid), grid.betas, grid.seeds):
+        run = {
+            "name": grid.name, "dataset": str(Path(dataset.path).resolve()),
+            "dataset_fingerprint": dataset.fingerprint, "split": split,
+            "n_train": int(len(dataset.split(split).train)), "architecture": arch,
+            "objective": objective, "objective_options": options, "beta": beta, "seed": seed,
+            "iterations": grid.iterations, "batch_size": grid.batch_size,
+            "learning_rate": grid.learning_rate, "latent_dim": grid.latent_dim,
+            "precision": grid.precision, "checkpoint_every": grid.checkpoint_every,
+            "log_every": grid.log_every,
+        }
+        run["run_id"] = run_id(run)
+        runs.append(run)
+    return runs

@@ -1,0 +1,186 @@
+"""Run a grid: plan jobs (vectorised groups of runs), dispatch them, keep the disk in sync.
+
+A *job* is a group of runs that share split, architecture, objective (and its options),
+training settings and the iteration they start from; it trains as one stacked model in
+one process on one device (``benchmark.trainer.train_group``). Jobs are dispatched with
+joblib: in-process for one worker, ``loky`` processes for several (one per listed
+device), or a Dask cluster through joblib's Dask backend at an address the user gives.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import sys
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from benchmark import runs as runs_io
+from benchmark.config import GridConfig
+from rdbench.io import InputError
+
+
+@dataclass(frozen=True)
+class Job:
+    """One vectorised training job: what ``run_job`` needs, picklable for joblib/Dask."""
+
+    spec: Any  # benchmark.trainer.GroupSpec
+    dataset: str
+    split: str
+    run_dirs: tuple[str, ...]
+    start: int
+
+
+def plan(grid: GridConfig, runs: list[dict[str, Any]], runs_dir: Path) -> tuple[list[Job], dict]:
+    """Group the unfinished runs into jobs; count the finished ones as skipped."""
+    from benchmark.trainer import GroupSpec
+
+    pending: dict[tuple, list[tuple[dict[str, Any], int]]] = {}
+    skipped: Counter = Counter()
+    for run in runs:
+        run_dir = Path(runs_dir) / run["run_id"]
+        status = runs_io.read_status(run_dir)["status"] if run_dir.exists() else "pending"
+        if status in ("done", "failed"):
+            skipped[status] += 1
+            continue
+        start = _resume_iteration(run_dir)
+        options = dict(run["objective_options"], dataset_size=run["n_train"])
+        key = (run["split"], run["architecture"], run["objective"],
+               tuple(sorted(options.items())), start)
+        pending.setdefault(key, []).append((run, start))
+    jobs = []
+    for (split, arch, objective, options, start), members in pending.items():
+        for chunk in _chunks(members, grid.max_group_size):
+            spec = GroupSpec(
+                architecture=arch, objective=objective, objective_options=dict(options),
+                betas=tuple(r["beta"] for r, _ in chunk), seeds=tuple(r["seed"] for r, _ in chunk),
+                iterations=grid.iterations, batch_size=grid.batch_size,
+                learning_rate=grid.learning_rate, log_every=grid.log_every,
+                checkpoint_every=grid.checkpoint_every, latent_dim=grid.latent_dim,
+                precision=grid.precision)
+            run_dirs = tuple(str(Path(runs_dir) / r["run_id"]) for r, _ in chunk)
+            jobs.append(Job(spec, chunk[0][0]["dataset"], split, run_dirs, start))
+    return jobs, dict(skipped)
+
+
+def _resume_iteration(run_dir: Path) -> int:
+    """The iteration of the run's checkpoint (read lazily: mmap, no tensor is copied)."""
+    path = run_dir / "checkpoint.pt"
+    if not path.exists():
+        return 0
+    import torch
+
+    return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["iteration"])
+
+
+def _chunks(items: list, size: int) -> list[list]:
+    iterator = iter(items)
+    return [chunk for chunk in iter(lambda: list(itertools.islice(iterator, size)), [])]
+
+
+def run_job(job: Job, device: str, progress: bool = True, threads: int | None = None
+            ) -> list[tuple[str, str]]:
+    """Train one job, writing checkpoints, history, models and statuses as it goes."""
+    import numpy as np
+    import torch
+
+    import tetrominoes
+    from benchmark.trainer import train_group
+
+    if threads:
+        torch.set_num_threads(threads)
+    data = tetrominoes.load(job.dataset)
+    images = np.ascontiguousarray(data.images[data.split(job.split).train])  # (N, 32, 32, 3)
+    run_dirs = [Path(d) for d in job.run_dirs]
+    states = [runs_io.load_checkpoint(d) for d in run_dirs] if job.start else None
+    histories = [runs_io.read_history(d, up_to=job.start) for d in run_dirs]
+    for d in run_dirs:
+        runs_io.write_status(d, "running", job.start)
+
+    def on_log(iteration: int, rows: list[dict[str, float]]) -> None:
+        for history, row in zip(histories, rows, strict=True):
+            history.append({"iteration": iteration, **row})
+
+    def on_checkpoint(states: list[Any]) -> None:
+        for d, state, history in zip(run_dirs, states, histories, strict=True):
+            runs_io.save_checkpoint(d, state, history)
+
+    final = train_group(job.spec, images, device=resolve_device(device), states=states,
+                        on_log=on_log, on_checkpoint=on_checkpoint, progress=progress)
+    return [(d.name, runs_io.finish_run(d, s, h))
+            for d, s, h in zip(run_dirs, final, histories, strict=True)]
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` → ``cuda`` when available, else ``cpu``; unknown CUDA devices are refused."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise InputError(f"device {device} requested but CUDA is not available")
+        index = int(device.split(":")[1]) if ":" in device else 0
+        if index >= torch.cuda.device_count():
+            raise InputError(f"device {device} does not exist "
+                             f"({torch.cuda.device_count()} CUDA device(s))")
+    return device
+
+
+def dispatch(jobs: list[Job], devices: list[str], workers: int, backend: str,
+             scheduler: str | None) -> list[tuple[str, str]]:
+    """Run jobs with joblib; returns (run_id, status) for every trained run."""
+    from joblib import Parallel, delayed, parallel_config
+    from tqdm.auto import tqdm
+
+    if not jobs:
+        return []
+    results: list[tuple[str, str]] = []
+    bar = tqdm(total=len(jobs), desc="jobs", unit="job", position=0, file=sys.stderr)
+    if backend == "dask":
+        from dask.distributed import Client
+
+        client = Client(scheduler)  # only ever the address the user gave
+        calls = (delayed(run_job)(job, devices[i % len(devices)], False)
+                 for i, job in enumerate(jobs))
+        with parallel_config(backend="dask", wait_for_workers_timeout=60):
+            for out in Parallel(n_jobs=-1, return_as="generator_unordered")(calls):
+                results += out
+                bar.update()
+        client.close()
+    elif workers == 1:
+        for i, job in enumerate(jobs):
+            results += run_job(job, devices[i % len(devices)], progress=True)
+            bar.update()
+    else:
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        calls = (delayed(run_job)(job, devices[i % len(devices)], False, threads)
+                 for i, job in enumerate(jobs))
+        for out in Parallel(n_jobs=workers, backend="loky", return_as="generator_unordered")(
+                calls):
+            results += out
+            bar.update()
+    bar.close()
+    return results
+
+
+def check_backend(backend: str, scheduler: str | None, devices: list[str], workers: int | None
+                  ) -> int:
+    """Validate the dispatch options up front; returns the number of workers."""
+    if backend not in ("loky", "dask"):
+        raise InputError(f"unknown backend {backend!r}; valid: loky, dask")
+    if backend == "dask":
+        if not scheduler:
+            raise InputError("--backend dask needs --scheduler tcp://HOST:PORT "
+                             "(rdbench never starts or guesses a cluster)")
+        try:
+            import dask.distributed  # noqa: F401
+        except ImportError:
+            raise InputError("the dask backend needs `pip install rdbench[dask]`") from None
+    elif scheduler:
+        raise InputError("--scheduler is only used with --backend dask")
+    if workers is not None and workers < 1:
+        raise InputError(f"--workers must be >= 1, got {workers}")
+    return workers or len(devices)

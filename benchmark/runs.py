@@ -1,0 +1,150 @@
+"""Runs on disk (SPEC §4): one directory per trained model, plain files, atomic writes.
+
+``RUNS_DIR/<run_id>/``:
+
+- ``config.json``   the resolved run config (see ``benchmark.config.expand``);
+- ``status.json``   ``{"status": pending|running|done|failed, "reason", "iteration"}``;
+- ``history.csv``   ``iteration,loss,distortion,rate[,...]`` every ``log_every`` iterations;
+- ``checkpoint.pt`` model, Adam moments and iteration, every ``checkpoint_every`` iterations
+  (removed once the run is finished);
+- ``model.pt``      the final state dict of ``build_model(...)``;
+- ``metrics.json``  written by ``rdbench evaluate``.
+
+Every file is replaced atomically, so a process killed at any moment leaves either the old
+or the new version of each file, never a torn one.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+from typing import Any
+
+from rdbench.io import (
+    InputError,
+    atomic_torch_save,
+    atomic_write_json,
+    atomic_write_text,
+    read_json,
+)
+
+STATUSES = ("pending", "running", "done", "failed")
+
+
+def find_runs(runs_dir: str | Path) -> list[Path]:
+    """Run directories below ``runs_dir`` (those holding a ``config.json``), sorted by id."""
+    runs_dir = Path(runs_dir)
+    if not runs_dir.is_dir():
+        raise InputError(f"runs directory not found: {runs_dir}")
+    return sorted(p.parent for p in runs_dir.glob("*/config.json"))
+
+
+def read_config(run_dir: str | Path) -> dict[str, Any]:
+    return read_json(Path(run_dir) / "config.json")
+
+
+def read_status(run_dir: str | Path) -> dict[str, Any]:
+    path = Path(run_dir) / "status.json"
+    if not path.exists():
+        return {"status": "pending", "reason": None, "iteration": 0}
+    return read_json(path)
+
+
+def write_status(run_dir: Path, status: str, iteration: int, reason: str | None = None) -> None:
+    assert status in STATUSES, status
+    atomic_write_json(run_dir / "status.json",
+                      {"status": status, "reason": reason, "iteration": int(iteration)})
+
+
+def create_run(runs_dir: Path, config: dict[str, Any]) -> Path:
+    """Make a run's directory with its ``config.json`` (kept if it already exists)."""
+    run_dir = Path(runs_dir) / config["run_id"]
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not (run_dir / "config.json").exists():
+        atomic_write_json(run_dir / "config.json", config)
+        write_status(run_dir, "pending", 0)
+    return run_dir
+
+
+def read_history(run_dir: Path, up_to: int | None = None) -> list[dict[str, float]]:
+    """Rows of ``history.csv`` (iterations ≤ ``up_to``: a resumed run drops later rows)."""
+    path = Path(run_dir) / "history.csv"
+    if not path.exists():
+        return []
+    with path.open(newline="") as f:
+        rows = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+    for row in rows:
+        row["iteration"] = int(row["iteration"])
+    return [r for r in rows if up_to is None or r["iteration"] <= up_to]
+
+
+def write_history(run_dir: Path, rows: list[dict[str, float]]) -> None:
+    if not rows:
+        return
+    columns = ["iteration"] + [k for k in rows[0] if k != "iteration"]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(run_dir / "history.csv", buffer.getvalue())
+
+
+def save_checkpoint(run_dir: Path, state: Any, history: list[dict[str, float]]) -> None:
+    """Persist a :class:`~benchmark.trainer.RunState` and the history up to its iteration."""
+    write_history(run_dir, history)
+    atomic_torch_save(run_dir / "checkpoint.pt", _state_dict(state))
+    write_status(run_dir, "running", state.iteration)
+
+
+def load_checkpoint(run_dir: Path) -> Any | None:
+    """The run's last :class:`~benchmark.trainer.RunState`, or None if it has none."""
+    import torch
+
+    from benchmark.trainer import RunState
+
+    path = Path(run_dir) / "checkpoint.pt"
+    if not path.exists():
+        return None
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a torn file cannot happen (atomic), a foreign one can
+        raise InputError(f"unreadable checkpoint {path}: {e}") from None
+    return RunState(**payload)
+
+
+def finish_run(run_dir: Path, state: Any, history: list[dict[str, float]]) -> str:
+    """Write ``model.pt``, the history and the final status; drop the checkpoint."""
+    write_history(run_dir, history)
+    atomic_torch_save(run_dir / "model.pt", state.model)
+    status = "failed" if state.failed else "done"
+    write_status(run_dir, status, state.iteration, state.failed)
+    (run_dir / "checkpoint.pt").unlink(missing_ok=True)
+    return status
+
+
+def load_model(run_dir: str | Path, device: Any = "cpu") -> Any:
+    """The trained model of a run (``weights_only=True``), in eval mode, on ``device``."""
+    import torch
+
+    from benchmark.models import build_model
+    from benchmark.objectives import get_objective
+
+    run_dir = Path(run_dir)
+    config = read_config(run_dir)
+    path = run_dir / "model.pt"
+    if not path.exists():
+        raise InputError(f"run {run_dir.name} has no model.pt (status: "
+                         f"{read_status(run_dir)['status']})")
+    objective = get_objective(config["objective"])
+    params = objective.posterior_params(config["latent_dim"], config["objective_options"])
+    model = build_model(config["architecture"], latent_dim=config["latent_dim"],
+                        posterior_params=params)
+    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    return model.to(device).eval()
+
+
+def _state_dict(state: Any) -> dict[str, Any]:
+    from dataclasses import fields
+
+    return {f.name: getattr(state, f.name) for f in fields(state)}

@@ -1,0 +1,129 @@
+"""``rdbench train CONFIG.toml``: validate, plan, (dry-run or) train, summarise."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from benchmark import runs as runs_io
+from benchmark.config import GridConfig, expand, load_grid, parse_devices
+from benchmark.runner import Job, check_backend, dispatch, plan, resolve_device
+from rdbench.io import InputError, atomic_write_json, check_output_dir
+
+_MARKER = "grids"  # RUNS_DIR/grids/<name>.json marks a directory rdbench trains into
+
+
+def main(args: argparse.Namespace) -> int:
+    grid = load_grid(args.config, device=args.device)
+    devices = [resolve_device(d) for d in parse_devices(grid.device)]
+    workers = check_backend(args.backend, args.scheduler, devices, args.workers)
+    runs_dir = _runs_dir(args, grid)
+    dataset = _load_dataset(grid.dataset)
+    runs = expand(grid, dataset)
+    jobs, skipped = plan(grid, runs, runs_dir)
+    if args.dry_run:
+        _print_plan(grid, runs, jobs, skipped, devices)
+        return 0
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(runs_dir / _MARKER / f"{grid.name}.json", vars_of(grid))
+    for run in runs:
+        runs_io.create_run(runs_dir, run)
+    print(f"rdbench train: {len(runs)} runs, {len(jobs)} jobs "
+          f"({sum(skipped.values())} finished before) → {runs_dir}", file=sys.stderr)
+    results = dispatch(jobs, devices, workers, args.backend, args.scheduler)
+    return _summarise(results, skipped, runs_dir)
+
+
+def _runs_dir(args: argparse.Namespace, grid: GridConfig) -> Path:
+    runs_dir = Path(args.out) if args.out else Path("runs") / grid.name
+    is_ours = (runs_dir / _MARKER).is_dir()
+    if not is_ours:
+        check_output_dir(runs_dir, force=args.force)
+    return runs_dir.resolve()
+
+
+def _load_dataset(path: str) -> Any:
+    import tetrominoes
+
+    if not Path(path).is_dir():
+        raise InputError(f"dataset directory not found: {path} "
+                         "(create it with `rdbench data generate --out DIR`)")
+    return tetrominoes.load(path)
+
+
+def vars_of(grid: GridConfig) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    return asdict(grid)
+
+
+def _print_plan(grid: GridConfig, runs: list[dict], jobs: list[Job], skipped: dict,
+                devices: list[str]) -> None:
+    print(f"grid {grid.name!r}: {len(runs)} runs "
+          f"({len(grid.splits)} splits × {len(grid.architectures)} architectures × "
+          f"{len(runs) // max(1, len(grid.splits) * len(grid.architectures))} "
+          f"objective/β/seed combinations); finished already: {dict(skipped) or 0}")
+    print(f"{len(jobs)} jobs on {', '.join(devices)}:")
+    print(f"  {'split':<14}{'arch':<7}{'objective':<16}{'models':>7}{'from it.':>10}")
+    for job in jobs:
+        s = job.spec
+        print(f"  {job.split:<14}{s.architecture:<7}{s.objective:<16}{len(s.betas):>7}"
+              f"{job.start:>10}")
+    flops, model_iters = _estimate_cost(grid, jobs)
+    print(f"cost: {model_iters:,} model-iterations, {flops / 1e15:,.2f} PFLOP "
+          f"(forward + backward, FlopCounterMode)")
+    for label, rate in [("one GPU at 100 TFLOP/s sustained", 100e12),
+                        ("a 2-core CPU at 50 GFLOP/s", 50e9)]:
+        print(f"  ≈ {flops / rate / 3600:,.1f} h on {label}")
+    print("dry run: nothing was written or started")
+
+
+def _estimate_cost(grid: GridConfig, jobs: list[Job]) -> tuple[float, int]:
+    per_arch: dict[tuple, float] = {}
+    flops = 0.0
+    model_iters = 0
+    for job in jobs:
+        s = job.spec
+        key = (s.architecture, s.objective, tuple(sorted(s.objective_options.items())))
+        if key not in per_arch:
+            per_arch[key] = _flops_per_iteration(s.architecture, s.objective,
+                                                 s.objective_options, grid)
+        iters = (s.iterations - job.start) * len(s.betas)
+        model_iters += iters
+        flops += per_arch[key] * iters
+    return flops, model_iters
+
+
+def _flops_per_iteration(arch: str, objective: str, options: dict, grid: GridConfig) -> float:
+    """FLOPs of one training step of one model (forward + backward), counted by torch."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from benchmark.models import build_model
+    from benchmark.objectives import get_objective
+
+    obj = get_objective(objective)
+    model = build_model(arch, latent_dim=grid.latent_dim,
+                        posterior_params=obj.posterior_params(grid.latent_dim, options))
+    b, d = grid.batch_size, grid.latent_dim
+    x = torch.rand(b, 3, 32, 32)
+    noise = {"eps": torch.randn(b, d), "u": torch.rand(b)}
+    counter = FlopCounterMode(display=False)
+    with counter:
+        obj.loss(model, x, torch.tensor(1.0), noise, options)["loss"].mean().backward()
+    return float(counter.get_total_flops())
+
+
+def _summarise(results: list[tuple[str, str]], skipped: dict, runs_dir: Path) -> int:
+    counts = Counter(status for _, status in results)
+    failed = [run_id for run_id, status in results if status == "failed"]
+    print(f"rdbench train: done {counts['done']}, failed {counts['failed']}, "
+          f"skipped {sum(skipped.values())} (finished before) — runs in {runs_dir}",
+          file=sys.stderr)
+    for run_id in failed:
+        reason = runs_io.read_status(runs_dir / run_id)["reason"]
+        print(f"  failed {run_id}: {reason}", file=sys.stderr)
+    return 0

@@ -1,0 +1,166 @@
+"""``rdbench train`` end to end on a tiny dataset: runs on disk, resume, failures, Dask."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from benchmark import runs as runs_io
+from rdbench.cli import main
+
+
+def _write_grid(path: Path, dataset: Path, **overrides) -> Path:
+    grid = {"name": "tiny", "dataset": str(dataset), "splits": ["random"],
+            "architectures": ["mlp1"], "betas": [0.5, 2.0], "seeds": [0, 1],
+            "iterations": 12, "batch_size": 8, "checkpoint_every": 4, "log_every": 2,
+            "device": "cpu"}
+    grid.update(overrides)
+    lines = [f"{k} = {json.dumps(v)}" for k, v in grid.items()]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _statuses(runs_dir: Path) -> dict[str, str]:
+    return {d.name: runs_io.read_status(d)["status"] for d in runs_io.find_runs(runs_dir)}
+
+
+def _params(run_dir: Path) -> dict[str, torch.Tensor]:
+    return torch.load(run_dir / "model.pt", weights_only=True)
+
+
+def test_train_writes_runs_and_rerun_skips(tiny_dataset, tmp_path, capsys):
+    config = _write_grid(tmp_path / "g.toml", tiny_dataset)
+    out = tmp_path / "runs"
+    assert main(["train", str(config), "--out", str(out)]) == 0
+    statuses = _statuses(out)
+    assert len(statuses) == 4 and set(statuses.values()) == {"done"}
+    for run_dir in runs_io.find_runs(out):
+        history = pd.read_csv(run_dir / "history.csv")
+        assert list(history.columns[:4]) == ["iteration", "loss", "distortion", "rate"]
+        assert history["iteration"].tolist() == [2, 4, 6, 8, 10, 12]
+        assert not (run_dir / "checkpoint.pt").exists()
+        model = runs_io.load_model(run_dir)
+        assert model.decode(torch.zeros(1, 10)).shape == (1, 3, 32, 32)
+    mtimes = {p: p.stat().st_mtime_ns for p in out.glob("*/model.pt")}
+    capsys.readouterr()
+    assert main(["train", str(config), "--out", str(out)]) == 0
+    assert "skipped 4" in capsys.readouterr().err
+    assert mtimes == {p: p.stat().st_mtime_ns for p in out.glob("*/model.pt")}
+
+
+def test_dry_run_writes_nothing(tiny_dataset, tmp_path, capsys):
+    config = _write_grid(tmp_path / "g.toml", tiny_dataset)
+    out = tmp_path / "runs"
+    assert main(["train", str(config), "--out", str(out), "--dry-run"]) == 0
+    printed = capsys.readouterr().out
+    assert "4 runs" in printed and "1 jobs" in printed and "PFLOP" in printed
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [(["--backend", "dask"], "needs --scheduler"),
+     (["--scheduler", "tcp://127.0.0.1:1"], "only used with --backend dask"),
+     (["--workers", "0"], "--workers must be >= 1"),
+     (["--device", "cuda:7"], "cuda")])
+def test_bad_options_exit_2_before_work(tiny_dataset, tmp_path, capsys, args, message):
+    if args[:2] == ["--device", "cuda:7"] and torch.cuda.device_count() > 7:
+        pytest.skip("this machine has a cuda:7")
+    config = _write_grid(tmp_path / "g.toml", tiny_dataset)
+    out = tmp_path / "runs"
+    assert main(["train", str(config), "--out", str(out), *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    assert not out.exists()
+
+
+def test_missing_dataset_and_foreign_out_dir(tiny_dataset, tmp_path, capsys):
+    config = _write_grid(tmp_path / "g.toml", tmp_path / "no-such-dataset")
+    assert main(["train", str(config), "--out", str(tmp_path / "r")]) == 2
+    assert "dataset directory not found" in capsys.readouterr().err
+    config = _write_grid(tmp_path / "g.toml", tiny_dataset)
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "thesis.tex").write_text("precious")
+    assert main(["train", str(config), "--out", str(foreign)]) == 2
+    assert "not empty" in capsys.readouterr().err
+    assert sorted(p.name for p in foreign.iterdir()) == ["thesis.tex"]
+
+
+def test_diverging_run_fails_alone(tiny_dataset, tmp_path):
+    # a learning rate this large sends some models to inf/NaN within a few steps; β = 1e30
+    # makes the rate term overflow for exactly one run.
+    config = _write_grid(tmp_path / "g.toml", tiny_dataset, betas=[1.0, 1e38], seeds=[0])
+    out = tmp_path / "runs"
+    assert main(["train", str(config), "--out", str(out)]) == 0
+    by_beta = {runs_io.read_config(d)["beta"]: runs_io.read_status(d)
+               for d in runs_io.find_runs(out)}
+    assert by_beta[1.0]["status"] == "done"
+    assert by_beta[1e38]["status"] == "failed"
+    assert by_beta[1e38]["reason"]
+
+
+def _train_subprocess(config: Path, out: Path) -> subprocess.Popen:
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    return subprocess.Popen([sys.executable, "-m", "benchmark", "train", str(config),
+                             "--out", str(out)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+@pytest.mark.slow
+def test_kill_9_then_resume_matches_uninterrupted(tiny_dataset, tmp_path):
+    config = _write_grid(tmp_path / "g.toml", tiny_dataset, iterations=400,
+                         checkpoint_every=50, log_every=25, betas=[1.0], seeds=[3])
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    assert _train_subprocess(config, straight).wait(timeout=600) == 0
+    proc = _train_subprocess(config, killed)
+    deadline = time.time() + 300
+    while not list(killed.glob("*/checkpoint.pt")) and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    (run_dir,) = runs_io.find_runs(killed)
+    lost_from = runs_io.read_status(run_dir)["iteration"]
+    assert runs_io.read_status(run_dir)["status"] == "running" and lost_from < 400
+    assert _train_subprocess(config, killed).wait(timeout=600) == 0
+    a, b = _params(straight / run_dir.name), _params(run_dir)
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6)
+    history = pd.read_csv(run_dir / "history.csv")
+    assert history["iteration"].tolist() == list(range(25, 401, 25))
+
+
+@pytest.mark.slow
+def test_dask_backend_on_local_cluster(tiny_dataset, tmp_path):
+    distributed = pytest.importorskip("dask.distributed")
+    config = _write_grid(tmp_path / "g.toml", tiny_dataset, architectures=["mlp1", "cnn1"],
+                         iterations=6, seeds=[0])
+    out = tmp_path / "runs"
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, host="127.0.0.1",
+                                  dashboard_address=None, processes=True) as cluster:
+        code = main(["train", str(config), "--out", str(out), "--backend", "dask",
+                     "--scheduler", cluster.scheduler_address])
+    assert code == 0
+    assert set(_statuses(out).values()) == {"done"} and len(_statuses(out)) == 4
+
+
+@pytest.mark.slow
+def test_loky_workers_match_in_process(tiny_dataset, tmp_path):
+    config = _write_grid(tmp_path / "g.toml", tiny_dataset, architectures=["mlp1", "cnn1"],
+                         iterations=6, seeds=[0], betas=[1.0])
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert main(["train", str(config), "--out", str(one)]) == 0
+    assert main(["train", str(config), "--out", str(two), "--workers", "2"]) == 0
+    for run_dir in runs_io.find_runs(one):
+        a, b = _params(run_dir), _params(two / run_dir.name)
+        for name in a:
+            torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-6)
