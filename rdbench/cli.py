@@ -45,6 +45,9 @@ def main(argv: Sequence[str] | None = None, packages: Sequence[str] = _PACKAGES)
     except KeyboardInterrupt:
         print("rdbench: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `rdbench data info DIR | head`: the reader left, not an error
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":
