@@ -1,0 +1,348 @@
+"""Tables, figures and the report page, on a synthetic runs directory (no training needed).
+
+The fake RUNS_DIR follows docs/DESIGN.md: per run ``config.json``, ``status.json`` and
+``metrics.json`` with plausible RD numbers (rate falls and distortion rises with β, the test
+set is worse than the train set), plus ``neighbours/<split>.npz``.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import re
+import shutil
+import subprocess
+import types
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from analysis import figures, figures_rd, report, tables
+from analysis.plot_style import Skipped
+from rdbench.cli import main as rdbench_main
+from rdbench.io import InputError
+
+SIZES = {"cv-16384": (16384, 147456), "cv-81920": (81920, 81920)}
+BETAS = (0.01, 0.1, 1.0, 3.0)
+SEEDS = (0, 1, 2)
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _set_metrics(beta: float, n: int, n_train: int, test: bool, rng: np.random.Generator,
+                 deterministic: bool = False) -> dict:
+    rate = 20.0 * beta ** -0.25 * (1.05 if test else 1.0) * rng.normal(1, 0.02)
+    distortion = 60.0 + 1500.0 / rate + (25.0 + 0.3 * rate if test else 0.0)
+    distortion *= rng.normal(1, 0.01)
+    mi = min(0.5 * rate, math.log(n_train) - 0.05)
+    if deterministic:
+        rate = mi = math.inf
+    return {"n": n, "distortion": distortion, "rate": rate, "elbo": -(distortion + rate),
+            "mutual_information": mi, "marginal_kl": rate - mi,
+            "log_px": -(distortion + rate) + 3.0, "batch_size": 512}
+
+
+def _write_run(root: Path, cfg: dict, status: str, rng: np.random.Generator) -> None:
+    run = root / cfg["run_id"]
+    run.mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps(cfg))
+    (run / "status.json").write_text(json.dumps(
+        {"status": status, "reason": "loss is nan" if status == "failed" else None,
+         "iteration": 100}))
+    if status != "done" or cfg.get("_no_metrics"):
+        return
+    n_train, n_test = SIZES[cfg["split"]]
+    det = cfg["objective"] == "ae"
+    metrics = {"train": _set_metrics(cfg["beta"], n_train, n_train, False, rng, det),
+               "test": _set_metrics(cfg["beta"], n_test, n_train, True, rng, det),
+               "settings": {"mi_batch": 512}}
+    (run / "metrics.json").write_text(json.dumps(metrics))
+
+
+def _grid() -> list[dict]:
+    combos = [(s, "mlp1", "beta_vae", {}) for s in SIZES]
+    combos += [("cv-16384", "cnn1", "beta_vae", {}), ("cv-16384", "mlp1", "grae", {}),
+               ("cv-16384", "mlp1", "ae", {}),
+               ("cv-16384", "mlp1", "beta_vae_block", {"block_size": 2})]
+    runs = []
+    for split, arch, objective, options in combos:
+        for beta in BETAS:
+            for seed in SEEDS:
+                run_id = f"{split}-{arch}-{objective}-{beta:g}-{seed}"
+                runs.append({"run_id": run_id, "split": split, "architecture": arch,
+                             "objective": objective, "beta": beta, "seed": seed,
+                             "n_train": SIZES[split][0], "dataset": "/nonexistent/tetrominoes",
+                             "objective_options": {"dataset_size": SIZES[split][0],
+                                                   **options}})
+    return runs
+
+
+def make_fake_runs(root: Path) -> Path:
+    """A RUNS_DIR of 72 runs (one failed, one finished without metrics, the rest done) and
+    one directory with a corrupt config.json."""
+    rng = np.random.default_rng(0)
+    for i, cfg in enumerate(_grid()):
+        status = "failed" if i == 5 else "done"
+        _write_run(root, {**cfg, "_no_metrics": i == 6}, status, rng)
+    (root / "zz-broken").mkdir()
+    (root / "zz-broken" / "config.json").write_text("{not json")
+    _write_neighbours(root, rng)
+    return root
+
+
+def _write_neighbours(root: Path, rng: np.random.Generator) -> None:
+    (root / "neighbours").mkdir()
+    for k, split in enumerate(SIZES):
+        distance = rng.gamma(4.0 + 2 * k, 0.5, size=400).astype(np.float32)
+        test = np.arange(400, dtype=np.int64)
+        hard = test[np.argsort(distance)[int(0.9 * 399)]]
+        np.savez(root / "neighbours" / f"{split}.npz", test=test, distance=distance,
+                 nearest=test + 1000, hard=np.int64(hard))
+
+
+N_RUNS = 6 * len(BETAS) * len(SEEDS)
+FAILED, UNEVALUATED = "cv-16384-mlp1-beta_vae-0.1-2", "cv-16384-mlp1-beta_vae-1-0"
+
+
+@pytest.fixture(scope="module")
+def runs_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_fake_runs(tmp_path_factory.mktemp("runs"))
+
+
+@pytest.fixture(scope="module")
+def runs(runs_dir: Path) -> pd.DataFrame:
+    return tables.collect_runs(runs_dir)
+
+
+# ---------------------------------------------------------------- fake dataset and models
+class _FakeVAE(torch.nn.Module):
+    """encode: mean pixel per channel as latent; decode: constant image of that colour."""
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mu = x.mean(dim=(2, 3))  # (B, 3)
+        return mu, torch.zeros_like(mu)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        p = z.clamp(1e-3, 1 - 1e-3)[:, :, None, None].expand(-1, -1, 32, 32)
+        return torch.log(p) - torch.log1p(-p)  # logits (B, 3, 32, 32)
+
+
+def _fake_load_model(run_dir: Path) -> torch.nn.Module:
+    if run_dir.name.endswith("-3.0-0") or run_dir.name.endswith("-3-0"):
+        raise FileNotFoundError(run_dir / "model.pt")  # one β without a model
+    return _FakeVAE()
+
+
+def _fake_images() -> np.ndarray:
+    rng = np.random.default_rng(1)
+    images = np.zeros((1500, 32, 32, 3), np.uint8)
+    for i in range(images.shape[0]):
+        r, c = rng.integers(4, 24, size=2)
+        images[i, r:r + 6, c:c + 6] = rng.integers(60, 255, size=3)
+    return images
+
+
+def _fake_tetrominoes_figures() -> types.SimpleNamespace:
+    import matplotlib.pyplot as plt
+
+    def plot_samples(data: object, path: Path) -> None:
+        plt.imsave(path, data.images[0])
+
+    def plot_split(data: object, split: str, path: Path) -> None:
+        plt.imsave(path, data.images[1])
+
+    return types.SimpleNamespace(plot_samples=plot_samples, plot_split=plot_split)
+
+
+@pytest.fixture(scope="module")
+def built(runs_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The report of the fake runs, with a fake dataset, model loader and dataset figures."""
+    data = types.SimpleNamespace(images=_fake_images(), split_names=("random", "cv-16384"))
+    out = tmp_path_factory.mktemp("built") / "report"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(report, "_load_dataset", lambda path: data)
+        mp.setattr(report, "_model_loader", lambda: _fake_load_model)
+        mp.setattr(figures, "_tetrominoes_figures", _fake_tetrominoes_figures)
+        assert report.build_report(runs_dir, out) == out.resolve()
+    return out
+
+
+EXPECTED_FIGURES = [
+    "rd_cv-16384_mlp1", "rd_cv-16384_cnn1", "rd_cv-81920_mlp1", "rd_sizes",
+    "rd_cv82_cv16_checkerboard", "rd_mlp_vs_cnn", "rd_objectives", "mi_kl_cv-16384_mlp1",
+    "mi_kl_cv-16384_cnn1", "mi_kl_cv-81920_mlp1", "reconstructions_cv-16384_mlp1",
+    "reconstructions_cv-16384_cnn1", "reconstructions_cv-81920_mlp1", "nn_distances",
+    "dataset_samples", "splits_paper", "split_cv-16384", "split_cv-81920",
+]
+
+
+# ---------------------------------------------------------------- tables
+def test_runs_table_has_two_rows_per_run_and_the_contract_columns(runs: pd.DataFrame) -> None:
+    assert len(runs) == 2 * (N_RUNS + 1)
+    broken = runs[runs["run_id"] == "zz-broken"]
+    assert list(broken["status"]) == ["corrupt_config"] * 2 and broken["rate"].isna().all()
+    runs = runs[runs["run_id"] != "zz-broken"]
+    assert list(runs.columns[: len(tables.RUN_COLUMNS)]) == list(tables.RUN_COLUMNS)
+    assert "block_size" in runs.columns and "dataset_size" not in runs.columns
+    assert (runs.groupby("run_id")["set"].apply(sorted) == pd.Series(
+        [["test", "train"]] * N_RUNS, index=sorted(runs["run_id"].unique()))).all()
+    status = runs.drop_duplicates("run_id").set_index("run_id")["status"]
+    assert status[FAILED] == "failed" and status[UNEVALUATED] == "not_evaluated"
+    assert (status.drop([FAILED, UNEVALUATED]) == "done").all()
+    assert runs.loc[runs["run_id"].isin([FAILED, UNEVALUATED]), "distortion"].isna().all()
+    block = runs[runs["objective"] == "beta_vae_block"]
+    assert (block["block_size"] == 2).all() and runs.loc[
+        runs["objective"] != "beta_vae_block", "block_size"].isna().all()
+
+
+def test_summary_equals_pandas_mean_and_std_over_seeds(runs_dir: Path,
+                                                       runs: pd.DataFrame) -> None:
+    summary = tables.summarise(runs)
+    rows = []  # recomputed from the JSON files, not from runs.csv
+    for metrics_file in runs_dir.glob("*/metrics.json"):
+        cfg = json.loads((metrics_file.parent / "config.json").read_text())
+        for set_name, values in json.loads(metrics_file.read_text()).items():
+            if set_name in ("train", "test"):
+                rows.append({"split": cfg["split"], "architecture": cfg["architecture"],
+                             "objective": cfg["objective"], "beta": cfg["beta"],
+                             "set": set_name, "seed": cfg["seed"], "rate": values["rate"],
+                             "distortion": values["distortion"]})
+    expected = pd.DataFrame(rows).groupby(["split", "architecture", "objective", "beta", "set"])
+    got = summary.set_index(["split", "architecture", "objective", "beta", "set"])
+    assert len(got) == expected.ngroups == 6 * len(BETAS) * 2
+    for key, group in expected:
+        row = got.loc[key]
+        assert row["n_seeds"] == len(group)
+        assert row["distortion_mean"] == pytest.approx(group["distortion"].mean())
+        assert row["distortion_std"] == pytest.approx(group["distortion"].std())
+        assert row["rate_mean"] == pytest.approx(group["rate"].mean(), nan_ok=True)
+    assert got.loc[("cv-16384", "mlp1", "beta_vae", 0.1, "test"), "n_seeds"] == 2
+    assert list(got.index.get_level_values("set")[:2]) == ["train", "test"]
+
+
+def test_number_format() -> None:
+    assert [tables.format_number(x) for x in (1834.27, 12.04, 9.6789, 0.012345, -0.5)] == [
+        "1834.3", "12.0", "9.68", "0.0123", "-0.5"]
+    assert tables.format_number(math.nan) == "–" and tables.format_number(math.inf) == "∞"
+
+
+def test_markdown_and_latex_tables(runs: pd.DataFrame) -> None:
+    summary = tables.summarise(runs)
+    shown = tables.display_table(summary)
+    md = tables.to_markdown(shown).splitlines()
+    assert len(md) == 2 + len(summary) and md[0].startswith("| split | architecture")
+    assert all(line.count("|") == md[0].count("|") for line in md)
+    assert "±" in md[2] and "nan" not in "".join(md)
+    tex = tables.to_latex(shown, caption="x", long_after=len(summary))
+    assert r"\begin{tabular}" in tex and r"\toprule" in tex and r"\bottomrule" in tex
+    assert tex.count(r"\\") == 1 + len(summary) and r"\_" in tex
+    long = tables.to_latex(shown, caption="x", long_after=len(summary) - 1)
+    assert r"\begin{longtable}" in long and r"\endhead" in long
+    assert long.count(r"\\") == 1 + 2 + len(summary)  # caption, header twice, rows
+
+
+# ---------------------------------------------------------------- report
+def test_report_writes_tables_and_every_figure_as_png_and_pdf(built: Path) -> None:
+    for name in ("runs.csv", "summary.csv", "summary.md", "summary.tex", "report.md",
+                 "index.html"):
+        assert (built / name).stat().st_size > 0, name
+    assert len(pd.read_csv(built / "runs.csv")) == 2 * (N_RUNS + 1)
+    assert len(pd.read_csv(built / "summary.csv")) == 6 * len(BETAS) * 2
+    for name in EXPECTED_FIGURES:
+        assert (built / "figures" / f"{name}.png").read_bytes()[:8] == PNG_MAGIC, name
+        assert (built / "figures" / f"{name}.pdf").read_bytes()[:5] == b"%PDF-", name
+    assert not list(built.parent.glob(".report.*")), "staging directory left behind"
+
+
+def test_report_md_links_every_figure_and_the_summary(built: Path) -> None:
+    md = (built / "report.md").read_text()
+    for name in EXPECTED_FIGURES:
+        assert f"](figures/{name}.png)" in md, name
+    assert (built / "summary.md").read_text() in md
+    assert f"{FAILED} (failed)" in md
+
+
+def test_index_html_is_self_contained_and_embeds_every_figure(built: Path) -> None:
+    page = (built / "index.html").read_text()
+    assert not re.search(r"""(src|href)=["']?(https?:|//|figures/)""", page)
+    uris = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
+    assert len(uris) == len(EXPECTED_FIGURES)
+    assert all(base64.b64decode(u)[:8] == PNG_MAGIC for u in uris)
+    for name in EXPECTED_FIGURES:
+        assert f'alt="{name}"' in page, name
+    assert page.count("<tr>") == 1 + len(pd.read_csv(built / "summary.csv"))
+
+
+# ---------------------------------------------------------------- skipped figures, bad input
+def test_figures_without_inputs_are_skipped_with_a_reason(runs: pd.DataFrame,
+                                                         tmp_path: Path) -> None:
+    summary = tables.summarise(runs)
+    one_split = summary[summary["split"] == "cv-81920"]
+    results = [figures_rd.plot_rd_sizes(one_split, tmp_path / "a"),
+               figures_rd.plot_rd_splits(one_split, tmp_path / "b"),
+               figures_rd.plot_rd_mlp_vs_cnn(one_split, tmp_path / "c"),
+               figures_rd.plot_rd_objectives(one_split, tmp_path / "d"),
+               figures.plot_nn_distances({}, tmp_path / "e"),
+               figures.plot_reconstructions(runs, "cv-16384", "mlp1", {}, None, None,
+                                            tmp_path, tmp_path / "f")]
+    assert all(isinstance(r, Skipped) and str(r).startswith("skipped: ") for r in results)
+    assert not list(tmp_path.iterdir())
+
+
+def test_cli_report_without_dataset_notes_the_skips(runs_dir: Path, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture) -> None:
+    few = tmp_path / "runs"
+    for run in sorted(runs_dir.glob("cv-81920-mlp1-beta_vae-*")):
+        shutil.copytree(run, few / run.name)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(report, "_load_dataset", _raise_input_error)
+        assert rdbench_main(["report", str(few)], packages=("analysis",)) == 0
+    out = few / "report"
+    assert str(out / "index.html") in capsys.readouterr().out
+    md = (out / "report.md").read_text()
+    assert "rd_sizes: skipped: needs runs on at least two" in md
+    assert "reconstructions_cv-81920_mlp1: skipped:" in md
+    assert "Dataset figures skipped: dataset" in md
+    assert (out / "figures" / "rd_cv-81920_mlp1.png").read_bytes()[:8] == PNG_MAGIC
+
+
+def _raise_input_error(path: str) -> None:
+    raise InputError(f"not a dataset: {path}")
+
+
+def test_bad_input_is_one_clear_error(runs_dir: Path, tmp_path: Path,
+                                      capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(InputError, match="runs directory not found"):
+        report.build_report(tmp_path / "missing")
+    empty = tmp_path / "empty"
+    (empty / "run0").mkdir(parents=True)
+    (empty / "run0" / "config.json").write_text(json.dumps({"run_id": "run0", "beta": 1.0}))
+    with pytest.raises(InputError, match="no evaluated runs"):
+        report.build_report(empty)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(InputError, match="not empty"):
+        report.build_report(runs_dir, out)
+    assert (out / "keep.txt").read_text() == "mine"
+    assert rdbench_main(["report", str(tmp_path / "missing")], packages=("analysis",)) == 2
+    assert capsys.readouterr().err.startswith("rdbench: error: runs directory not found")
+
+
+# ---------------------------------------------------------------- the page in a browser
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="chromium not on PATH")
+def test_index_html_renders_in_headless_chromium(built: Path, tmp_path: Path) -> None:
+    from PIL import Image
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "check_html.sh"
+    shot = tmp_path / "shot.png"
+    subprocess.run(["bash", str(script), str(built / "index.html"), str(shot), "1280x1600"],
+                   check=True, timeout=150, capture_output=True)
+    with Image.open(shot) as image:
+        assert image.size == (1280, 1600)
+        grey = np.asarray(image.convert("L"), dtype=float)
+    assert grey.std() > 10, "blank screenshot"
+    assert (grey < 128).mean() > 0.005, "no dark pixels: text and figures missing"
