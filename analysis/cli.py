@@ -34,8 +34,14 @@ def _register_evaluate(commands: argparse._SubParsersAction) -> None:
                    help="examples per set for log p(x) (default 1000; 0 = all)")
     p.add_argument("--mi-batch", default="512", metavar="B|exact",
                    help="minibatch size of the rate decomposition, or 'exact' (default 512)")
+    p.add_argument("--nn-subset", type=int, default=5000, metavar="N",
+                   help="test images per split for nearest-neighbour distances "
+                        "(default 5000; 0 = all)")
+    p.add_argument("--batch-size", type=int, default=256, metavar="B",
+                   help="images per chunk on the device (default 256)")
     p.add_argument("--device", default="auto")
-    p.add_argument("--force", action="store_true", help="re-evaluate runs that have metrics")
+    p.add_argument("--force", action="store_true",
+                   help="re-evaluate runs that have metrics (and recompute neighbours)")
     p.set_defaults(handler=handler("analysis.evaluate:main"))
 
 
@@ -65,10 +71,17 @@ def _register_kp(commands: argparse._SubParsersAction) -> None:
         q.add_argument("--out", default=None, help="output directory (default RUNS_DIR/kp)")
         q.add_argument("--device", default="auto")
         q.add_argument("--force", action="store_true")
+        q.add_argument("--examples", type=int, default=256, metavar="N",
+                       help="held-out test images per run (default 256)")
+        if name == "objectives":
+            q.add_argument("--samples", type=int, default=100, metavar="K",
+                           help="posterior samples for the Monte-Carlo β-VAE objective "
+                                "(default 100)")
         q.set_defaults(handler=handler(f"analysis.kp.{name}:main"))
     q = kp.add_parser("uniqueness", help="Appendix C: diagonal vs full posterior covariance")
     q.add_argument("--out", required=True, help="output directory")
     q.add_argument("--quick", action="store_true", help="fewer trials; minutes on a CPU")
+    q.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     q.add_argument("--device", default="auto")
     q.add_argument("--force", action="store_true")
     q.set_defaults(handler=handler("analysis.kp.uniqueness:main"))

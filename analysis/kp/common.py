@@ -1,0 +1,171 @@
+"""Shared helpers of the Kumar & Poole analyses: runs, held-out images, posteriors, curvature.
+
+Both analyses (``rdbench kp objectives``, ``rdbench kp jacobian``) read the finished β-VAE runs
+(mean-field ``beta_vae`` and block-diagonal ``beta_vae_block``) of a runs directory, evaluate
+each on a fixed seeded subset of its split's **test** set, and compare the encoder's Gaussian
+posterior N(μ, Σ) with the decoder curvature A = JᵀHJ at μ (benchmark.implicit).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from rdbench.io import InputError, check_output_dir
+
+KP_OBJECTIVES = ("beta_vae", "beta_vae_block")
+IDENTITY = ("run_id", "split", "architecture", "objective", "block_size", "beta", "seed")
+
+
+def block_size(config: dict) -> int:
+    """Posterior block size of a run: 1 for mean-field β-VAE."""
+    return int(config.get("objective_options", {}).get("block_size", 1))
+
+
+def finished_vae_runs(runs_dir: str | Path) -> list[tuple[Path, dict]]:
+    """(run_dir, config) of every finished β-VAE run (mean-field or block-diagonal), by β.
+
+    :class:`InputError` when there is none, before any work starts.
+    """
+    from benchmark.runs import find_runs, read_config, read_status
+
+    runs = []
+    for run_dir in find_runs(runs_dir):
+        config = read_config(run_dir)
+        if config.get("objective") in KP_OBJECTIVES and read_status(run_dir)["status"] == "done" \
+                and (run_dir / "model.pt").exists():
+            runs.append((run_dir, config))
+    if not runs:
+        raise InputError(f"no finished beta_vae / beta_vae_block runs in {runs_dir}")
+    return sorted(runs, key=lambda rc: (_group(rc[1]), rc[1]["beta"], rc[1]["seed"]))
+
+
+def identity(config: dict) -> dict[str, Any]:
+    """The columns that name a run in the analyses' tables."""
+    return {"run_id": config["run_id"], "split": config["split"],
+            "architecture": config["architecture"], "objective": config["objective"],
+            "block_size": block_size(config), "beta": float(config["beta"]),
+            "seed": int(config["seed"])}
+
+
+def _group(config: dict) -> tuple:
+    return config["split"], config["architecture"], block_size(config)
+
+
+def output_dir(args: argparse.Namespace) -> Path:
+    """``--out`` (default RUNS_DIR/kp), validated up front: non-empty needs ``--force``."""
+    out = Path(args.out) if args.out else Path(args.runs_dir) / "kp"
+    return check_output_dir(out, args.force)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise InputError(f"invalid device {name!r}; use auto, cpu, cuda or cuda:N") from None
+
+
+@functools.lru_cache(maxsize=4)
+def _dataset(path: str) -> Any:
+    import tetrominoes
+
+    return tetrominoes.load(path)
+
+
+def check_data(runs: list[tuple[Path, dict]]) -> None:
+    """Open every (dataset, split) the runs need, so a missing one fails before any work."""
+    for dataset, split in sorted({(c["dataset"], c["split"]) for _, c in runs}):
+        _dataset(dataset).split(split)
+
+
+def held_out_images(config: dict, n: int, seed: int = 0) -> Tensor:
+    """``n`` test images of the run's split (seeded uniform subset, sorted rows): (n, 3, 32, 32).
+
+    The same rows for every run of one split (the subset depends only on ``seed``), so runs
+    are compared on identical held-out data.
+    """
+    data = _dataset(config["dataset"])
+    rows = np.asarray(data.split(config["split"]).test)
+    if n < len(rows):
+        rows = np.sort(np.random.default_rng(seed).choice(rows, size=n, replace=False))
+    images = np.asarray(data.images[rows])  # (n, 32, 32, 3) uint8
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255.0)
+
+
+def encoder_posterior(model: Any, config: dict, x: Tensor) -> tuple[Tensor, Tensor]:
+    """The encoder's q(z|x) = N(μ, LLᵀ): μ (B, d), L (B, d, d) lower-triangular.
+
+    Mean-field runs: L = diag(exp(½ log σ²)); block-diagonal runs: benchmark.implicit's factor.
+    """
+    from benchmark.implicit import block_scale_tril
+
+    mu, params = model.encode(x)
+    if config["objective"] == "beta_vae":
+        return mu, torch.diag_embed(torch.exp(0.5 * params))
+    return mu, block_scale_tril(params, mu.shape[-1], block_size(config))
+
+
+def posterior_and_curvature(model: Any, config: dict, x: Tensor,
+                            chunk: int = 64) -> dict[str, Tensor]:
+    """Per test example: μ, L, logits at μ and A = JᵀHJ at μ, in chunks, without gradients.
+
+    Returns float64 tensors ``mu`` (n, d), ``scale_tril`` (n, d, d), ``logits`` (n, D),
+    ``A`` (n, d, d).
+    """
+    from benchmark.implicit import gauss_newton
+
+    parts: dict[str, list[Tensor]] = {"mu": [], "scale_tril": [], "logits": [], "A": []}
+    with torch.no_grad():
+        for xb in x.split(chunk):
+            mu, L = encoder_posterior(model, config, xb)
+            logits, A = gauss_newton(model, mu)
+            for key, value in zip(parts, (mu, L, logits, A), strict=True):
+                parts[key].append(value.double().cpu())
+    return {key: torch.cat(values) for key, values in parts.items()}
+
+
+def load_run_model(run_dir: Path, device: torch.device) -> Any:
+    from benchmark.runs import load_model
+
+    return load_model(run_dir, device=device)
+
+
+def plot_vs_beta(table: Any, metrics: list[str], stem: Path, labels: dict[str, str]) -> list[Path]:
+    """Panels (split rows × metric columns) of metric vs β (log axis), mean ± std over seeds;
+    colour = posterior block size, line style = architecture. PNG + PDF at ``stem``."""
+    from analysis.plot_style import LINESTYLES, MARKERS, color, figure, save, styled
+
+    @styled
+    def draw() -> list[Path]:
+        splits = sorted(table.split.unique())
+        fig, axes = figure(len(splits), len(metrics), width=3.2, height=2.6,
+                           layout="constrained")
+        blocks = sorted(table.block_size.unique())
+        archs = sorted(table.architecture.unique())
+        for r, split in enumerate(splits):
+            for c, metric in enumerate(metrics):
+                ax = axes[r, c]
+                for (arch, b), g in table[table.split == split].groupby(["architecture",
+                                                                         "block_size"]):
+                    s = g.groupby("beta")[metric].agg(["mean", "std"]).fillna(0.0)
+                    i, j = blocks.index(b), archs.index(arch)
+                    ax.errorbar(s.index, s["mean"], yerr=s["std"], color=color(i),
+                                marker=MARKERS[i % len(MARKERS)],
+                                linestyle=LINESTYLES[j % len(LINESTYLES)],
+                                label=f"{arch}, b={b}" if (r, c) == (0, 0) else None)
+                ax.set_xscale("log")
+                ax.set_xlabel("β")
+                ax.set_ylabel(labels.get(metric, metric))
+                ax.set_title(f"split {split}", fontsize=8)
+        fig.legend(loc="outside lower center", ncol=min(4, len(blocks) * len(archs)))
+        return save(fig, stem)
+
+    return draw()
