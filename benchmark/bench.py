@@ -1,0 +1,323 @@
+"""``rdbench bench train``: throughput of the vectorised trainer vs a plain per-model loop.
+
+For every architecture and group size M, both train the same M β-VAEs (batch 128, Adam,
+same steps) on random uint8 images held on the device:
+- ``vectorised``: :func:`benchmark.trainer.train_group` (stacked weights, one Adam);
+- ``loop``: M ordinary modules, M ``torch.optim.Adam``, one model after the other.
+Throughput is model-iterations per second, timed after a warm-up. Model FLOPs per
+model-iteration = 3 (forward + backward) × 2 × forward MACs × batch, counted analytically
+(:func:`benchmark.models.forward_macs`); MFU = achieved FLOP/s / measured dense matmul peak
+(fp32, TF32 allowed on CUDA as in the trainer). The paper grid projection (SPEC §4: 12 β ×
+5 seeds × 257,000 iterations × 19 splits per architecture) assumes groups of 60 at the
+throughput of the largest measured group.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from rdbench import _lazy
+from rdbench.io import InputError, atomic_write_json
+
+if TYPE_CHECKING:  # torch is imported only when the benchmark runs (fast ``rdbench --help``)
+    import numpy as np
+    import torch
+
+ARCHITECTURES = ("mlp1", "mlp3", "cnn1", "cnn3")  # == benchmark.models.ARCHITECTURES
+
+BATCH = 128
+PAPER_MODEL_ITERATIONS = 12 * 5 * 257_000 * 19  # per architecture: β × seeds × its × splits
+
+
+def register_bench_train(benches: argparse._SubParsersAction) -> None:
+    """Add ``rdbench bench train`` (called by ``benchmark.cli.register_bench``)."""
+    p = benches.add_parser("train", help="vectorised trainer vs per-model loop (SPEC §8)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument(
+        "--architectures",
+        nargs="+",
+        default=list(ARCHITECTURES),
+        metavar="ARCH",
+        help=f"subset of {' '.join(ARCHITECTURES)}",
+    )
+    p.add_argument(
+        "--models",
+        nargs="+",
+        type=int,
+        default=None,
+        metavar="M",
+        help="group sizes (default 1 4 12 on CPU, 1 4 12 60 on CUDA)",
+    )
+    p.add_argument("--steps", type=int, default=None, help="timed steps per measurement")
+    p.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
+    p.add_argument("--quick", action="store_true", help="few steps, small groups (smoke run)")
+    p.set_defaults(handler=_lazy.handler("benchmark.bench:main"))
+
+
+def _device(name: str) -> torch.device:
+    import torch
+
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise InputError(f"unknown device {name!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"device {name!r} requested but CUDA is not available")
+    if device.type not in ("cpu", "cuda"):
+        raise InputError(f"device must be cpu or cuda[:N], got {name!r}")
+    return device
+
+
+def device_name(device: torch.device) -> str:
+    """GPU name, or the CPU model from /proc/cpuinfo (with the thread count)."""
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    model = platform.processor() or "CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{model} ({torch.get_num_threads()} threads)"
+
+
+def _betas(m: int) -> tuple[float, ...]:
+    """m β values spread geometrically over [0.01, 3] (the paper's range, roughly)."""
+    return tuple(0.01 * 300 ** (i / max(m - 1, 1)) for i in range(m))
+
+
+def _sync(device: torch.device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_peak(device: torch.device, n: int | None = None, repeats: int = 5) -> float:
+    """Measured dense fp32 matmul FLOP/s (2 n³ per product; TF32 on CUDA as in training)."""
+    import torch
+
+    n = n or (8192 if device.type == "cuda" else 2048)
+    a, b = (torch.randn(n, n, device=device) for _ in range(2))
+    a @ b  # warm-up
+    _sync(device)
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        a @ b
+        _sync(device)
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best
+
+
+def time_vectorised(
+    arch: str, m: int, steps: int, warmup: int, images: np.ndarray, device: torch.device
+) -> float:
+    """Seconds for ``steps`` iterations of a group of m models, after ``warmup`` iterations."""
+    from benchmark.trainer import GroupSpec, train_group
+
+    marks: list[float] = []
+
+    def mark(it: int, rows: list) -> None:  # on_log syncs (metrics to host)
+        marks.append(time.perf_counter())
+
+    spec = GroupSpec(
+        arch,
+        "beta_vae",
+        {},
+        _betas(m),
+        tuple(range(m)),
+        warmup + steps,
+        BATCH,
+        1e-3,
+        log_every=warmup,
+        checkpoint_every=warmup + steps,
+    )
+    train_group(spec, images, device=device, on_log=mark, progress=False)
+    return marks[-1] - marks[0]
+
+
+def time_loop(
+    arch: str, m: int, steps: int, warmup: int, images: np.ndarray, device: torch.device
+) -> float:
+    """Seconds for ``steps`` iterations of m plain models trained one after the other."""
+    import torch
+
+    from benchmark.objectives import beta_vae
+    from benchmark.trainer import GroupSpec, init_model
+
+    spec = GroupSpec(arch, "beta_vae", {}, (1.0,), (0,), 1, BATCH, 1e-3, 1, 1)
+    nets = [init_model(spec, s).to(device) for s in range(m)]
+    opts = [torch.optim.Adam(net.parameters(), lr=1e-3) for net in nets]
+    betas = [torch.tensor(b, device=device) for b in _betas(m)]
+    data = torch.from_numpy(images).to(device).permute(0, 3, 1, 2).contiguous()
+    t0 = 0.0
+    for step in range(warmup + steps):
+        if step == warmup:
+            _sync(device)
+            t0 = time.perf_counter()
+        for net, opt, beta in zip(nets, opts, betas, strict=True):
+            x = data[torch.randint(len(data), (BATCH,), device=device)].float() / 255
+            noise = {
+                "eps": torch.randn(BATCH, 10, device=device),
+                "u": torch.rand(BATCH, device=device),
+            }
+            beta_vae.loss(net, x, beta, noise, {})["loss"].mean().backward()
+            opt.step()
+            opt.zero_grad()
+    _sync(device)
+    return time.perf_counter() - t0
+
+
+def _defaults(args: argparse.Namespace, device: torch.device) -> tuple[list[int], int, int, int]:
+    """Group sizes, timed steps, warm-up steps and repeats for this device and mode."""
+    gpu = device.type == "cuda"
+    sizes = args.models or ([1, 4] if args.quick else [1, 4, 12, 60] if gpu else [1, 4, 12])
+    steps = args.steps or (2 if args.quick else 20 if gpu else 4)
+    warmup = 1 if args.quick else 5 if gpu else 2
+    repeats = 1 if args.quick else 2
+    return sizes, steps, warmup, repeats
+
+
+def _validate(args: argparse.Namespace) -> None:
+    unknown = [a for a in args.architectures if a not in ARCHITECTURES]
+    if unknown:
+        raise InputError(f"unknown architecture {unknown[0]!r}; valid: {' '.join(ARCHITECTURES)}")
+    if args.models is not None and min(args.models) < 1:
+        raise InputError("--models: group sizes must be >= 1")
+    if args.steps is not None and args.steps < 1:
+        raise InputError("--steps must be >= 1")
+    if args.out is not None and args.out.is_dir():
+        raise InputError(f"--out {args.out} is a directory; give a .json file")
+
+
+def measure(
+    arch: str,
+    m: int,
+    steps: int,
+    warmup: int,
+    images: np.ndarray,
+    device: torch.device,
+    peak: float,
+    repeats: int = 1,
+) -> dict:
+    """One row: model-iterations/s of both trainers (best of ``repeats``, interleaved)."""
+    from benchmark.models import forward_macs
+
+    flops = 6 * forward_macs(arch) * BATCH  # per model-iteration
+    vec = loop = 0.0
+    for _ in range(repeats):  # interleaved so that a noisy neighbour hits both alike
+        vec = max(vec, m * steps / time_vectorised(arch, m, steps, warmup, images, device))
+        loop = max(loop, m * steps / time_loop(arch, m, steps, warmup, images, device))
+    return {
+        "architecture": arch,
+        "models": m,
+        "steps": steps,
+        "batch": BATCH,
+        "repeats": repeats,
+        "vectorised_its": vec,
+        "loop_its": loop,
+        "speedup": vec / loop,
+        "flops_per_model_it": flops,
+        "vectorised_tflops": vec * flops / 1e12,
+        "loop_tflops": loop * flops / 1e12,
+        "vectorised_mfu": vec * flops / peak,
+        "loop_mfu": loop * flops / peak,
+    }
+
+
+def projection(rows: list[dict]) -> dict:
+    """Hours for the paper grid per architecture, at the largest measured group's speed."""
+    hours = {}
+    for arch in dict.fromkeys(r["architecture"] for r in rows):
+        best = max((r for r in rows if r["architecture"] == arch), key=lambda r: r["models"])
+        hours[arch] = PAPER_MODEL_ITERATIONS / best["vectorised_its"] / 3600
+    return {
+        "model_iterations_per_architecture": PAPER_MODEL_ITERATIONS,
+        "hours": hours,
+        "total_hours": sum(hours.values()),
+    }
+
+
+def markdown(result: dict) -> str:
+    """The README table of a result."""
+    lines = [
+        f"Device: {result['device_name']}; peak dense matmul "
+        f"{result['peak_tflops']:.2f} TFLOP/s; batch {BATCH}.",
+        "",
+        "| arch | M | vectorised it/s | loop it/s | speed-up | vec TFLOP/s | vec MFU |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in result["rows"]:
+        lines.append(
+            f"| {r['architecture']} | {r['models']} | {r['vectorised_its']:.1f} | "
+            f"{r['loop_its']:.1f} | {r['speedup']:.2f}× | "
+            f"{r['vectorised_tflops']:.3f} | {100 * r['vectorised_mfu']:.1f} % |"
+        )
+    proj = result["projection"]
+    parts = ", ".join(f"{a} {h:,.0f} h" for a, h in proj["hours"].items())
+    lines += [
+        "",
+        f"Paper grid projection (groups of 60 at the largest measured M's speed): "
+        f"{parts}; total {proj['total_hours']:,.0f} h on this device.",
+    ]
+    return "\n".join(lines)
+
+
+def main(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+
+    from benchmark.trainer import _setup_device
+
+    _validate(args)
+    device = _setup_device(_device(args.device))
+    sizes, steps, warmup, repeats = _defaults(args, device)
+    images = np.random.default_rng(0).integers(0, 256, (4096, 32, 32, 3), dtype=np.uint8)
+    peak = matmul_peak(device)
+    rows = []
+    for arch in args.architectures:
+        for m in sizes:
+            rows.append(measure(arch, m, steps, warmup, images, device, peak, repeats))
+            r = rows[-1]
+            print(
+                f"{arch} M={m}: vectorised {r['vectorised_its']:.1f} it/s, "
+                f"loop {r['loop_its']:.1f} it/s ({r['speedup']:.2f}×)",
+                flush=True,
+            )
+    result = {
+        "bench": "train",
+        "device": str(device),
+        "device_name": device_name(device),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "peak_tflops": peak / 1e12,
+        "rows": rows,
+        "projection": projection(rows),
+    }
+    # a noisy neighbour can only make the peak look lower: take the best of two readings
+    result["peak_tflops"] = max(peak, matmul_peak(device)) / 1e12
+    for r in rows:
+        r["vectorised_mfu"] = r["vectorised_tflops"] / result["peak_tflops"]
+        r["loop_mfu"] = r["loop_tflops"] / result["peak_tflops"]
+    print(markdown(result))
+    if args.out is not None:
+        atomic_write_json(args.out, result)
+    return 0
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(prog="python -m benchmark.bench")
+    register_bench_train(parser.add_subparsers(dest="bench", required=True))
+    namespace = parser.parse_args()
+    raise SystemExit(main(namespace))

@@ -1,0 +1,106 @@
+"""Training objectives: pure per-model functions the trainer vmaps over the ensemble.
+
+An :class:`Objective` maps ``(model, x (B,3,32,32), beta (0-dim), noise, options)`` to a
+dict of per-example tensors (B,) with at least ``loss``, ``distortion`` and ``rate`` (nats).
+``noise = {"eps": (B, d) standard normal, "u": (B,) uniform [0, 1)}`` comes from the run's
+own random stream; objectives must draw no randomness of their own (the trainer vmaps them
+with ``randomness="error"``).
+
+``OBJECTIVES`` (module attribute, as in DESIGN.md) is the merged registry too.
+
+The registry is built lazily (:func:`get_objective`, :func:`objective_names`,
+:func:`all_objectives`) from ``beta_vae`` here plus ``benchmark.ablations.OBJECTIVES`` and
+``benchmark.implicit.OBJECTIVES``: those modules import :class:`Objective` and the helpers
+below from this one, so importing them at the top of this module would be circular.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch.nn import functional
+
+from rdbench.io import InputError
+
+
+@dataclass(frozen=True)
+class Objective:
+    """A named loss; ``posterior_params(latent_dim, options)`` is build_model's argument."""
+
+    name: str
+    loss: Callable  # (model, x, beta, noise, options) -> dict[str, Tensor (B,)]
+    posterior_params: Callable[[int, dict], int | None]
+
+
+def bernoulli_distortion(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """D = -log p(x | logits) summed over all but the first dim: (B, ...) -> (B,).
+
+    For continuous x in [0, 1] this is the binary cross-entropy
+    -Σ [x log σ(l) + (1 - x) log(1 - σ(l))] = Σ [softplus(l) - x l], written in the
+    second (stable) form because it stays elementwise under ``vmap`` (the fused
+    ``binary_cross_entropy_with_logits`` kernel is decomposed there and ~3× slower).
+    """
+    return (functional.softplus(logits) - x * logits).flatten(1).sum(1)
+
+
+def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL(N(mu, diag e^logvar) || N(0, I)) = ½ Σ (mu² + e^logvar - 1 - logvar): (B, d) -> (B,)."""
+    return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(-1)
+
+
+def reparameterise(mu: torch.Tensor, logvar: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    """z = mu + exp(logvar / 2) · eps, all (B, d)."""
+    return mu + (0.5 * logvar).exp() * eps
+
+
+def _beta_vae_loss(model, x, beta, noise, options) -> dict[str, torch.Tensor]:
+    """β-VAE: loss = D + β R, D from one reparameterised sample, R the closed-form KL."""
+    mu, logvar = model.encode(x)  # (B, d), (B, d)
+    z = reparameterise(mu, logvar, noise["eps"])
+    distortion = bernoulli_distortion(model.decode(z).float(), x)
+    rate = gaussian_kl(mu.float(), logvar.float())
+    return {"loss": distortion + beta * rate, "distortion": distortion, "rate": rate}
+
+
+def _mean_field(latent_dim: int, options: dict) -> int:
+    return latent_dim
+
+
+beta_vae = Objective("beta_vae", _beta_vae_loss, _mean_field)
+
+BASE_OBJECTIVES: dict[str, Objective] = {"beta_vae": beta_vae}
+
+
+def all_objectives() -> dict[str, Objective]:
+    """The merged registry: ``beta_vae`` + ablations + implicit-regularisation objectives."""
+    from benchmark import ablations, implicit
+
+    merged = dict(BASE_OBJECTIVES)
+    for extra in (ablations.OBJECTIVES, implicit.OBJECTIVES):
+        clash = set(extra) & set(merged)
+        if clash:
+            raise RuntimeError(f"objective names defined twice: {sorted(clash)}")
+        merged.update(extra)
+    return merged
+
+
+def objective_names() -> tuple[str, ...]:
+    """Names of every registered objective, sorted."""
+    return tuple(sorted(all_objectives()))
+
+
+def get_objective(name: str) -> Objective:
+    """The objective called ``name``; :class:`InputError` listing valid names if unknown."""
+    registry = all_objectives()
+    if name not in registry:
+        raise InputError(f"unknown objective {name!r}; valid: {', '.join(sorted(registry))}")
+    return registry[name]
+
+
+def __getattr__(name: str):
+    """``objectives.OBJECTIVES`` (DESIGN.md) is the merged registry, built on first access."""
+    if name == "OBJECTIVES":
+        return all_objectives()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,192 @@
+"""The vectorised trainer: a group equals its runs trained alone; failures; exact resume."""
+
+import io
+
+import numpy as np
+import pytest
+import torch
+
+from benchmark import models, trainer
+from benchmark.trainer import GroupSpec, RunState, init_model, train_group
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One intra-op thread: tiny ops on a shared 2-core machine are ~20× faster this way."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True)
+def tiny_layers(monkeypatch):
+    """Narrow layers (same code paths, ~100x fewer FLOPs) so the tests fit 2 shared cores."""
+    monkeypatch.setattr(models, "_HIDDEN", 32)
+    monkeypatch.setattr(models, "_CHANNELS", 8)
+
+
+@pytest.fixture(scope="module")
+def images():
+    return np.random.default_rng(0).integers(0, 256, (40, 32, 32, 3), dtype=np.uint8)
+
+
+def _spec(arch, betas, seeds, iterations=20, **kw):
+    kw = {"log_every": 5, "checkpoint_every": 10, **kw}
+    return GroupSpec(arch, "beta_vae", {}, tuple(betas), tuple(seeds), iterations, 8, 1e-3, **kw)
+
+
+def _train(spec, images, **kw):
+    return train_group(spec, images, device="cpu", progress=False, **kw)
+
+
+def _assert_same_models(a: RunState, b: RunState, atol=1e-5):
+    assert a.model.keys() == b.model.keys()
+    for k in a.model:
+        torch.testing.assert_close(a.model[k], b.model[k], atol=atol, rtol=1e-4)
+
+
+@pytest.mark.parametrize("arch", ["mlp1", "cnn1"])
+def test_group_equals_runs_trained_alone(images, arch):
+    betas, seeds = (0.1, 1.0, 4.0), (3, 7, 11)
+    group = _train(_spec(arch, betas, seeds), images)
+    for r, (beta, seed) in enumerate(zip(betas, seeds, strict=True)):
+        solo = _train(_spec(arch, [beta], [seed]), images)[0]
+        _assert_same_models(group[r], solo)
+        assert group[r].failed is None
+        for v in group[r].model.values():  # own, contiguous storage: small checkpoints
+            assert v.is_contiguous() and v.untyped_storage().nbytes() == v.numel() * 4
+    # the runs really trained and differ from each other
+    k = "encoder.1.weight" if arch == "mlp1" else "encoder.0.weight"
+    assert not torch.equal(group[0].model[k], init_model(_spec(arch, [1], [3]), 3).state_dict()[k])
+    assert not torch.allclose(group[0].model[k], group[1].model[k])
+
+
+def test_diverged_run_is_frozen_and_others_unaffected(images):
+    spec = _spec("mlp1", (1.0, 1.0, 2.0), (0, 1, 2))
+    start = [RunState(0, init_model(spec, s).state_dict(), {}) for s in spec.seeds]
+    bad = start[1].model["encoder.3.bias"]
+    bad[spec.latent_dim :] = 200.0  # log-variance 200: exp overflows, the rate is inf
+    frozen_at = {k: v.clone() for k, v in start[1].model.items()}
+    rows = []
+    out = _train(spec, images, states=start, on_log=lambda it, r: rows.append(r))
+    assert out[1].failed == "non-finite loss at iteration 0"
+    for k, v in frozen_at.items():
+        assert torch.equal(out[1].model[k], v), k  # Adam moved it by exactly 0
+    for r in (0, 2):
+        assert out[r].failed is None
+        _assert_same_models(out[r], _train(_spec("mlp1", [spec.betas[r]], [r]), images)[0])
+    assert np.isnan(rows[0][1]["loss"]) and np.isfinite(rows[0][0]["loss"])
+
+
+def test_infinite_beta_fails_only_that_run(images):
+    spec = _spec("cnn1", (1.0, float("inf")), (0, 1), iterations=6)
+    out = _train(spec, images)
+    assert out[1].failed == "non-finite loss at iteration 0"
+    assert out[0].failed is None
+    _assert_same_models(out[0], _train(_spec("cnn1", [1.0], [0], iterations=6), images)[0])
+
+
+def _roundtrip(states):
+    buf = io.BytesIO()
+    torch.save([s.to_dict() for s in states], buf)
+    buf.seek(0)
+    return [RunState.from_dict(d) for d in torch.load(buf, weights_only=True)]
+
+
+@pytest.mark.parametrize("arch", ["mlp1", "cnn3"])
+def test_resume_from_checkpoint_is_exact(images, arch, monkeypatch):
+    monkeypatch.setattr(trainer, "CHUNK", 4)  # resume mid-chunk, cross chunk boundaries
+    spec = _spec(arch, (0.5, 2.0), (5, 6))
+    straight = _train(spec, images)
+    saved = []
+    _train(spec, images, on_checkpoint=lambda s: saved.append(_roundtrip(s)))
+    assert [s[0].iteration for s in saved] == [10, 20]
+    resumed = _train(spec, images, states=saved[0])
+    for a, b in zip(straight, resumed, strict=True):
+        assert a.iteration == b.iteration == 20
+        for k in a.model:
+            assert torch.equal(a.model[k], b.model[k]), k
+        for k in a.optimizer["exp_avg"]:
+            assert torch.equal(a.optimizer["exp_avg_sq"][k], b.optimizer["exp_avg_sq"][k])
+
+
+def test_logs_checkpoints_and_state_loads_into_plain_model(images):
+    spec = _spec("cnn1", (1.0,), (0,), iterations=12)
+    logs, ckpts = [], []
+    out = _train(
+        spec,
+        images,
+        on_log=lambda it, r: logs.append((it, r)),
+        on_checkpoint=lambda s: ckpts.append(s[0].iteration),
+    )
+    assert [it for it, _ in logs] == [5, 10, 12]
+    assert set(logs[0][1][0]) == {"loss", "distortion", "rate"}
+    row = logs[-1][1][0]
+    assert row["loss"] == pytest.approx(row["distortion"] + row["rate"], rel=1e-5)
+    assert ckpts == [10, 12]
+    model = models.build_model("cnn1")
+    model.load_state_dict(out[0].model)  # same names as a plain single model
+
+
+def test_resume_rejects_mixed_iterations(images):
+    spec = _spec("cnn1", (1.0, 1.0), (0, 1))
+    st = [RunState(i, init_model(spec, i).state_dict(), {}) for i in (0, 1)]
+    with pytest.raises(AssertionError):
+        _train(spec, images, states=st)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_group_trains_on_cuda(images):
+    spec = _spec("cnn3", (0.5, 2.0), (0, 1))
+    out = train_group(spec, images, device="cuda", progress=False)
+    assert all(s.failed is None for s in out)
+    assert all(v.device.type == "cpu" for v in out[0].model.values())
+    solo = train_group(_spec("cnn3", (0.5,), (0,)), images, device="cuda", progress=False)
+    _assert_same_models(out[0], solo[0], atol=1e-3)
+
+
+def test_bench_projection_and_table_known_answers():
+    from benchmark import bench
+
+    # 12 β × 5 seeds × 257,000 iterations × 19 splits
+    assert bench.PAPER_MODEL_ITERATIONS == 292_980_000
+    rows = [
+        {"architecture": "mlp1", "models": m, "vectorised_its": its}
+        for m, its in ((4, 1.0), (60, bench.PAPER_MODEL_ITERATIONS / 3600))
+    ]
+    proj = bench.projection(rows)
+    assert proj["hours"] == {"mlp1": pytest.approx(1.0)}  # the largest group is used
+    assert bench._betas(3) == pytest.approx((0.01, (0.01 * 3) ** 0.5, 3.0))
+
+
+def test_bench_rejects_bad_arguments():
+    import argparse
+
+    from benchmark import bench
+    from rdbench.io import InputError
+
+    args = argparse.Namespace(architectures=["cnn9"], models=None, steps=None, out=None)
+    with pytest.raises(InputError, match="cnn9"):
+        bench._validate(args)
+    with pytest.raises(InputError, match="models"):
+        bench._validate(
+            argparse.Namespace(architectures=["mlp1"], models=[0], steps=None, out=None)
+        )
+
+
+def test_bench_timers_run_tiny(images, monkeypatch):
+    from benchmark import bench
+
+    monkeypatch.setattr(bench, "BATCH", 8)
+    cpu = torch.device("cpu")
+    assert bench.time_vectorised("cnn1", 2, 2, 1, images, cpu) > 0
+    assert bench.time_loop("cnn1", 2, 2, 1, images, cpu) > 0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_bf16_autocast_on_cuda(images):
+    spec = _spec("mlp1", (0.5, 2.0), (0, 1), precision="bf16")
+    out = train_group(spec, images, device="cuda", progress=False)
+    assert all(s.failed is None for s in out)
+    assert all(v.dtype == torch.float32 for v in out[0].model.values())  # fp32 master weights
