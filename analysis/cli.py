@@ -37,6 +37,9 @@ def _register_evaluate(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--nn-subset", type=int, default=5000, metavar="N",
                    help="test images per split for nearest-neighbour distances "
                         "(default 5000; 0 = all)")
+    p.add_argument("--max-examples", type=int, default=0, metavar="N",
+                   help="evaluate a seeded subset of at most N examples per set "
+                        "(default 0 = all)")
     p.add_argument("--batch-size", type=int, default=256, metavar="B",
                    help="images per chunk on the device (default 256)")
     p.add_argument("--device", default="auto")

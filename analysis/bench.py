@@ -1,0 +1,128 @@
+"""``rdbench bench eval``: cost of the SPEC §5 estimators and of evaluation (SPEC §8).
+
+- the rate decomposition of N = 81,920 encodings, d = 10 (the largest training set): exact
+  (target < 60 s on CPU) and minibatch (B = 512), on synthetic Gaussian encodings;
+- evaluation throughput, images/s per model, of :func:`analysis.evaluate.encode_set` (one
+  vmapped encode + posterior sample + decode + Bernoulli NLL over a group of M models,
+  chunks of 256) for mlp1 … cnn3, on the CPU and on CUDA when present. Freshly initialised
+  models: throughput does not depend on the weights.
+
+Prints a Markdown table; ``--out FILE.json`` writes the results with the device names.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import platform
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from analysis import estimators as est
+from analysis.evaluate import EvalSettings, ModelGroup, encode_set
+from rdbench.io import InputError, atomic_write_json
+
+ARCHITECTURES = ("mlp1", "mlp3", "cnn1", "cnn3")
+
+
+def main(args: argparse.Namespace) -> int:
+    devices = _devices(args.device)
+    quick = bool(args.quick)
+    n_rate, n_images, models = (8192, 512, 2) if quick else (81920, 4096, 8)
+    results: dict[str, Any] = {"quick": quick, "cpu": platform.processor() or platform.machine(),
+                               "torch_threads": torch.get_num_threads(), "devices": {},
+                               "rate_decomposition": [], "throughput": []}
+    for device in devices:
+        results["devices"][str(device)] = _device_name(device)
+        results["rate_decomposition"] += bench_rate_decomposition(n_rate, device)
+        for arch in ARCHITECTURES:
+            results["throughput"].append(bench_throughput(arch, models, n_images, device))
+    print(markdown(results))
+    if args.out:
+        atomic_write_json(args.out, results)
+    return 0
+
+
+def bench_rate_decomposition(n: int, device: torch.device, d: int = 10) -> list[dict]:
+    """Seconds for :func:`rate_decomposition` of n synthetic encodings, exact and B = 512."""
+    g = torch.Generator().manual_seed(0)
+    mu = (0.8 * torch.randn(n, d, generator=g)).to(device)
+    logvar = (math.log(0.36) + 0.3 * torch.randn(n, d, generator=g)).to(device)
+    rows = []
+    for batch in (None, 512):
+        start, cpu_start = time.perf_counter(), time.process_time()
+        out = est.rate_decomposition(mu, logvar, batch_size=batch,
+                                     generator=torch.Generator().manual_seed(1))
+        _sync(device)
+        rows.append({"device": str(device), "n": n, "d": d,
+                     "batch_size": "exact" if batch is None else batch,
+                     "seconds": time.perf_counter() - start,
+                     "cpu_seconds": time.process_time() - cpu_start,  # all threads
+                     "mutual_information": out["mutual_information"]})
+    return rows
+
+
+def bench_throughput(arch: str, models: int, n_images: int, device: torch.device) -> dict:
+    """Images/s per model of one evaluation pass (encode, sample, decode, NLL) over M models."""
+    from benchmark.models import build_model
+
+    torch.manual_seed(0)
+    group = ModelGroup([build_model(arch).to(device).eval() for _ in range(models)],
+                       [{"objective": "beta_vae", "run_id": str(i)} for i in range(models)])
+    images = np.random.default_rng(0).integers(0, 256, (n_images, 32, 32, 3), dtype=np.uint8)
+    rows = np.arange(n_images)
+    settings = EvalSettings(batch_size=256)
+    gens = [torch.Generator().manual_seed(i) for i in range(models)]
+    encode_set(group, images, rows[:256], gens, settings)  # warm-up
+    _sync(device)
+    start = time.perf_counter()
+    encode_set(group, images, rows, gens, settings)
+    _sync(device)
+    seconds = time.perf_counter() - start
+    return {"device": str(device), "architecture": arch, "models": models, "images": n_images,
+            "seconds": seconds, "images_per_s_per_model": n_images / seconds,
+            "images_per_s": n_images * models / seconds}
+
+
+def markdown(results: dict) -> str:
+    """Two Markdown tables: rate decomposition seconds, evaluation throughput."""
+    lines = ["| device | N | d | estimator | seconds | CPU seconds | Î (nats) |",
+             "|---|---:|---:|---|---:|---:|---:|"]
+    for r in results["rate_decomposition"]:
+        lines.append(f"| {results['devices'][r['device']]} | {r['n']:,} | {r['d']} | "
+                     f"{r['batch_size']} | {r['seconds']:.2f} | {r['cpu_seconds']:.1f} | "
+                     f"{r['mutual_information']:.3f} |")
+    lines += ["", "| device | architecture | models | images/s per model | images/s total |",
+              "|---|---|---:|---:|---:|"]
+    for r in results["throughput"]:
+        lines.append(f"| {results['devices'][r['device']]} | {r['architecture']} | "
+                     f"{r['models']} | {r['images_per_s_per_model']:,.0f} | "
+                     f"{r['images_per_s']:,.0f} |")
+    return "\n".join(lines)
+
+
+def _devices(spec: str) -> list[torch.device]:
+    """``auto``: the CPU, plus CUDA when present; otherwise the one device named."""
+    if spec == "auto":
+        return [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available()
+                                        else [])
+    if spec.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError(f"device {spec} requested but CUDA is not available")
+    try:
+        return [torch.device(spec)]
+    except RuntimeError:
+        raise InputError(f"unknown device {spec!r}") from None
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
