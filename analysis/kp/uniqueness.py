@@ -1,0 +1,438 @@
+"""Kumar & Poole (2020), Appendix C: a mean-field posterior makes the latents unique.
+
+Data (per trial): x = ν(W z) + ε, z ~ N(0, I₂), ε ~ N(0, 0.05² I₂), W = Q diag(2, 1) with Q
+Haar-random orthogonal (orthogonal columns of norms 2 and 1), 4,000 points.
+
+Model: decoder p(x|z) = N(ν(A z) + b, σ² I), σ = 0.05; encoder q(z|x) = N(C x + d, Σ) with
+Σ diagonal or full. Fixed random rotations of the parameterisation (their App. C) keep the
+optimiser free of any axis-aligned bias in latent space:
+
+    C = O_C C',  d = O_C d',  A = A' O_Aᵀ,  Σ = O_S L Lᵀ O_Sᵀ,  L = [[e^{l₁}, 0], [ℓ, e^{l₂}]]
+
+where C', d', A', b, l, ℓ are learned and the O's are fixed per trial. The paper rotates C and
+Σ only (plain gradient descent is rotation-equivariant); we train with Adam, which is not, so
+A and d are rotated too. A diagonal Σ has O_S = I and ℓ ≡ 0 — its axis alignment is the
+point of the experiment.
+
+ELBO per data point (nats), exact: for ν = identity in closed form from the data's first two
+moments; otherwise E_q[(x_j − b_j − ν(u_j))²], u_j = a_jᵀz ~ N(a_jᵀμ, a_jᵀΣa_j), is a 1-D
+Gaussian expectation evaluated by Gauss–Hermite quadrature (deterministic, exact for
+polynomials of degree < 2K). KL(q‖N(0, I)) is closed form.
+
+Training: full batch, Adam, learning rate 0.1 divided by 10 every n steps, 5n steps. All
+trials of one ν (every n, both covariances) form one batch with a leading trial dimension;
+trials are sorted by length so the ones still training are always a suffix of the batch.
+
+The rotation angle between true latents z and posterior means μ is the orthogonal
+Procrustes rotation argmin_O ‖Z − O M‖_F, reduced modulo signed permutations of the latent
+axes to (−45°, 45°].
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.nn.functional import elu
+from tqdm import tqdm
+
+from rdbench.io import InputError, atomic_write_json, atomic_write_text, staged_directory
+
+NONLINEARITIES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "identity": lambda u: u,
+    "tanh": torch.tanh,
+    "sigmoid": torch.sigmoid,
+    "elu": elu,
+}
+COVARIANCES = ("diagonal", "full")
+# The paper's schedule: n -> random trials (420 per ν and covariance).
+PAPER_SCHEDULE = ((100, 20), (500, 20), *((k * 1000, 20) for k in range(1, 10)),
+                  (10_000, 100), (20_000, 100))
+QUICK_SCHEDULE = ((300, 2), (1000, 2), (3000, 3))
+PARAMS = ("A", "b", "C", "d", "log_diag", "off")
+
+
+@dataclass(frozen=True)
+class UniquenessConfig:
+    """Everything that defines one run of the experiment (written as ``config.json``)."""
+
+    schedule: tuple[tuple[int, int], ...] = PAPER_SCHEDULE  # (n, trials): 5n steps each
+    nonlinearities: tuple[str, ...] = tuple(NONLINEARITIES)
+    n_points: int = 4000
+    noise_std: float = 0.05
+    learning_rate: float = 0.1
+    decays: int = 5  # lr·10^-k for k = 0..decays-1, n steps each
+    quadrature_nodes: int = 4  # training; the reported ELBO uses 32 nodes in float64
+    dtype: str = "float32"
+    seed: int = 0
+    optimizer: str = field(default="adam (full batch, betas 0.9/0.999, eps 1e-8)")
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def random_orthogonal(generator: torch.Generator) -> torch.Tensor:
+    """A Haar-random 2×2 orthogonal matrix (QR of a Gaussian with the sign fix)."""
+    q, r = torch.linalg.qr(torch.randn(2, 2, generator=generator, dtype=torch.float64))
+    return q * torch.sign(torch.diagonal(r))
+
+
+def random_rotation(generator: torch.Generator) -> torch.Tensor:
+    """A uniformly random 2×2 rotation R(α), α ~ U[0, 2π)."""
+    a = 2 * math.pi * torch.rand((), generator=generator, dtype=torch.float64)
+    return torch.stack([torch.stack([a.cos(), -a.sin()]), torch.stack([a.sin(), a.cos()])])
+
+
+def make_data(nonlinearity: str, n_points: int, noise_std: float,
+              generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sample (z, x), both (n_points, 2) float64: x = ν(W z) + ε, W = Q diag(2, 1)."""
+    W = random_orthogonal(generator) * torch.tensor([2.0, 1.0], dtype=torch.float64)
+    z = torch.randn(n_points, 2, generator=generator, dtype=torch.float64)
+    eps = noise_std * torch.randn(n_points, 2, generator=generator, dtype=torch.float64)
+    return z, NONLINEARITIES[nonlinearity](z @ W.T) + eps
+
+
+def trial_generator(seed: int, nonlinearity: str, n: int, trial: int) -> torch.Generator:
+    """The generator of one trial; diagonal and full trials share it (paired design)."""
+    key = [seed, list(NONLINEARITIES).index(nonlinearity), n, trial]
+    state = np.random.SeedSequence(key).generate_state(2, dtype=np.uint64)
+    return torch.Generator().manual_seed(int(state[0] >> np.uint64(1)))
+
+
+# ----------------------------------------------------------------------------- model
+
+
+def init_trial(generator: torch.Generator, full: bool) -> tuple[dict, dict]:
+    """Initial learned parameters and fixed rotations of one trial (float64, no batch dim)."""
+    params = {"A": torch.randn(2, 2, generator=generator, dtype=torch.float64) / math.sqrt(2),
+              "b": torch.zeros(2, dtype=torch.float64),
+              "C": torch.randn(2, 2, generator=generator, dtype=torch.float64) / math.sqrt(2),
+              "d": torch.zeros(2, dtype=torch.float64),
+              "log_diag": torch.zeros(2, dtype=torch.float64),
+              "off": torch.zeros((), dtype=torch.float64)}
+    rotations = [random_rotation(generator) for _ in range(3)]
+    fixed = {"O_A": rotations[0], "O_C": rotations[1],
+             "O_S": rotations[2] if full else torch.eye(2, dtype=torch.float64),
+             "full": torch.tensor(float(full), dtype=torch.float64)}
+    return params, fixed
+
+
+def decoder_encoder(params: dict, fixed: dict) -> tuple[torch.Tensor, ...]:
+    """Effective (A, C, d, Σ, log det Σ) from the rotated parameterisation, all (T, ...)."""
+    A = params["A"] @ fixed["O_A"].mT                                  # (T, 2, 2)
+    C = fixed["O_C"] @ params["C"]                                     # (T, 2, 2)
+    d = (fixed["O_C"] @ params["d"][..., None])[..., 0]                # (T, 2)
+    l1, l2 = params["log_diag"].unbind(-1)
+    zero = torch.zeros_like(l1)
+    L = torch.stack([torch.stack([l1.exp(), zero], -1),
+                     torch.stack([params["off"] * fixed["full"], l2.exp()], -1)], -2)
+    OL = fixed["O_S"] @ L
+    return A, C, d, OL @ OL.mT, 2 * (l1 + l2)
+
+
+def _kl(Sigma: torch.Tensor, logdet: torch.Tensor, mean_sq: torch.Tensor) -> torch.Tensor:
+    """Mean KL(N(μ, Σ) ‖ N(0, I₂)) = ½(tr Σ + E‖μ‖² − 2 − log det Σ), (T,)."""
+    return 0.5 * (torch.diagonal(Sigma, dim1=-2, dim2=-1).sum(-1) + mean_sq - 2 - logdet)
+
+
+def elbo_linear(params: dict, fixed: dict, mean: torch.Tensor, second: torch.Tensor,
+                noise_std: float) -> torch.Tensor:
+    """Exact ELBO per point for ν = identity, from x̄ (T, 2) and S = E[x xᵀ] (T, 2, 2).
+
+    E‖x − A μ − b‖² = tr(M S Mᵀ) − 2 cᵀ M x̄ + ‖c‖² with M = I − A C, c = A d + b, plus
+    tr(A Σ Aᵀ) from the posterior noise; E‖μ‖² = tr(C S Cᵀ) + 2 dᵀ C x̄ + ‖d‖².
+    """
+    A, C, d, Sigma, logdet = decoder_encoder(params, fixed)
+    M = torch.eye(2, dtype=A.dtype, device=A.device) - A @ C
+    c = (A @ d[..., None])[..., 0] + params["b"]
+    Mx = (M @ mean[..., None])[..., 0]
+    err = _trace(M @ second @ M.mT) - 2 * (c * Mx).sum(-1) + (c * c).sum(-1)
+    err = err + _trace(A @ Sigma @ A.mT)
+    loglik = -err / (2 * noise_std**2) - math.log(2 * math.pi * noise_std**2)
+    Cx = (C @ mean[..., None])[..., 0]
+    mean_sq = _trace(C @ second @ C.mT) + 2 * (d * Cx).sum(-1) + (d * d).sum(-1)
+    return loglik - _kl(Sigma, logdet, mean_sq)
+
+
+def _trace(m: torch.Tensor) -> torch.Tensor:
+    return torch.diagonal(m, dim1=-2, dim2=-1).sum(-1)
+
+
+def elbo_quadrature(params: dict, fixed: dict, x: torch.Tensor, nonlinearity: str,
+                    noise_std: float, nodes: int) -> torch.Tensor:
+    """ELBO per point, (T,), for x (T, N, 2), by K-node Gauss–Hermite quadrature.
+
+    E_{u~N(m, s²)} f(u) ≈ Σ_k w_k f(m + √2 s t_k) / √π with m_ij = a_jᵀμ_i, s_j² = a_jᵀΣa_j.
+    """
+    A, C, d, Sigma, logdet = decoder_encoder(params, fixed)
+    mu = x @ C.mT + d[:, None, :]                                      # (T, N, 2)
+    m = mu @ A.mT                                                      # (T, N, 2)
+    s = torch.diagonal(A @ Sigma @ A.mT, dim1=-2, dim2=-1).clamp_min(1e-30).sqrt()  # (T, 2)
+    y = x - params["b"][:, None, :]                                    # (T, N, 2)
+    err = _ExpectedSquaredError.apply(m, s, y, nonlinearity, nodes)    # (T, N, 2)
+    loglik = -err.sum(-1).mean(-1) / (2 * noise_std**2) - math.log(2 * math.pi * noise_std**2)
+    return loglik - _kl(Sigma, logdet, mu.square().sum(-1).mean(-1))
+
+
+def _derivative(nonlinearity: str, u: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """ν'(u) given h = ν(u)."""
+    if nonlinearity == "tanh":
+        return 1 - h * h
+    if nonlinearity == "sigmoid":
+        return h * (1 - h)
+    if nonlinearity == "elu":
+        return torch.where(u > 0, 1.0, h + 1)
+    return torch.ones_like(u)
+
+
+class _ExpectedSquaredError(torch.autograd.Function):
+    """E_{u~N(m, s²)}(y − ν(u))² by Gauss–Hermite, fused: (m, s, y) -> (T, N, 2).
+
+    m, y: (T, N, 2); s: (T, 2). The gradients are computed with the forward pass from the
+    same nodes (∂/∂u_k = −2 w_k r_k ν'(u_k), u_k = m + √2 s t_k), which avoids keeping the
+    (T, N, 2, K) intermediates of autograd and roughly halves the work.
+    """
+
+    @staticmethod
+    def forward(ctx, m, s, y, nonlinearity: str, nodes: int):  # noqa: ANN001, ANN205
+        t, w = (torch.as_tensor(v, dtype=m.dtype, device=m.device)
+                for v in np.polynomial.hermite.hermgauss(nodes))
+        w = w / math.sqrt(math.pi)
+        tau = math.sqrt(2) * t                                         # (K,)
+        u = m[..., None] + s[:, None, :, None] * tau                   # (T, N, 2, K)
+        h = NONLINEARITIES[nonlinearity](u)
+        r = y[..., None] - h
+        dr = r * _derivative(nonlinearity, u, h)
+        err = r.square() @ w                                           # (T, N, 2)
+        grad_y = 2 * (r @ w)
+        grad_u = dr @ torch.stack([-2 * w, -2 * w * tau], -1)          # (T, N, 2, 2)
+        ctx.save_for_backward(grad_u[..., 0], grad_u[..., 1], grad_y)
+        return err
+
+    @staticmethod
+    def backward(ctx, grad):  # noqa: ANN001, ANN205
+        grad_m, grad_s, grad_y = ctx.saved_tensors
+        return grad * grad_m, (grad * grad_s).sum(1), grad * grad_y, None, None
+
+
+# ----------------------------------------------------------------------------- angle
+
+
+def procrustes_angle(z: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """Rotation angle (degrees) between latents z and m, (..., N, 2) -> (...,), in (−45, 45].
+
+    O = U Vᵀ from the SVD of Z Mᵀ solves min_O ‖Z − O M‖_F (Z, M of shape 2 × N). Relabelling
+    m's axes by a signed permutation P maps O to O Pᵀ; if det O = −1 we multiply by the
+    reflection diag(1, −1), leaving a rotation whose angle is then taken modulo 90°.
+    """
+    zm = z.mT @ m                                                      # (..., 2, 2)
+    U, _, Vh = torch.linalg.svd(zm)
+    O = U @ Vh
+    flip = torch.where(torch.linalg.det(O) < 0, -1.0, 1.0).to(O.dtype)
+    O = torch.cat([O[..., :1], O[..., 1:] * flip[..., None, None]], -1)
+    theta = torch.rad2deg(torch.atan2(O[..., 1, 0], O[..., 0, 0]))
+    return 45.0 - torch.remainder(45.0 - theta, 90.0)
+
+
+# ----------------------------------------------------------------------------- training
+
+
+@dataclass
+class Batch:
+    """All trials of one ν, sorted by n: learned params, Adam moments, fixed parts, data."""
+
+    rows: list[dict]
+    params: dict[str, torch.Tensor]
+    fixed: dict[str, torch.Tensor]
+    z: torch.Tensor                 # (T, N, 2)
+    x: torch.Tensor                 # (T, N, 2)
+    n: torch.Tensor                 # (T,) decay period of each trial
+
+
+def build_batch(config: UniquenessConfig, nonlinearity: str,
+                device: torch.device) -> Batch:
+    """Data and initial state of every (n, trial, covariance) of one ν, sorted by n."""
+    rows, params, fixed, zs, xs = [], [], [], [], []
+    for n, trials in sorted(config.schedule):
+        for trial in range(trials):
+            for covariance in COVARIANCES:
+                g = trial_generator(config.seed, nonlinearity, n, trial)
+                z, x = make_data(nonlinearity, config.n_points, config.noise_std, g)
+                p, f = init_trial(g, covariance == "full")
+                rows.append({"nonlinearity": nonlinearity, "covariance": covariance,
+                             "iterations": config.decays * n, "trial": trial})
+                params.append(p), fixed.append(f), zs.append(z), xs.append(x)
+    dtype = getattr(torch, config.dtype)
+
+    def stack(items: list) -> torch.Tensor:
+        return torch.stack(items).to(device=device, dtype=dtype)
+
+    return Batch(rows=rows,
+                 params={k: stack([p[k] for p in params]).requires_grad_() for k in PARAMS},
+                 fixed={k: stack([f[k] for f in fixed]) for k in fixed[0]},
+                 z=stack(zs), x=stack(xs),
+                 n=torch.tensor([r["iterations"] // config.decays for r in rows], device=device))
+
+
+def batch_elbo(batch: Batch, config: UniquenessConfig, nonlinearity: str,
+               start: int = 0) -> torch.Tensor:
+    """ELBO per point of trials ``start:`` of the batch, (T − start,)."""
+    params = {k: v[start:] for k, v in batch.params.items()}
+    fixed = {k: v[start:] for k, v in batch.fixed.items()}
+    x = batch.x[start:]
+    if nonlinearity == "identity":
+        second = x.mT @ x / x.shape[1]
+        return elbo_linear(params, fixed, x.mean(1), second, config.noise_std)
+    return elbo_quadrature(params, fixed, x, nonlinearity, config.noise_std,
+                           config.quadrature_nodes)
+
+
+def train_batch(batch: Batch, config: UniquenessConfig, nonlinearity: str,
+                progress: tqdm | None = None) -> None:
+    """Full-batch Adam on −ELBO; trial t uses lr·10^-⌊s/n_t⌋ and stops after decays·n_t."""
+    beta1, beta2, eps = 0.9, 0.999, 1e-8
+    moments = {k: (torch.zeros_like(v), torch.zeros_like(v)) for k, v in batch.params.items()}
+    total = batch.n * config.decays
+    for step in range(int(total.max())):
+        start = int(torch.searchsorted(total, step, right=True))       # first active trial
+        loss = -batch_elbo(batch, config, nonlinearity, start).sum()
+        grads = torch.autograd.grad(loss, [batch.params[k] for k in PARAMS])
+        lr = config.learning_rate * 10.0 ** -torch.div(step, batch.n[start:],
+                                                        rounding_mode="floor")
+        with torch.no_grad():
+            for k, g in zip(PARAMS, grads, strict=True):
+                _adam_update(batch.params[k][start:], g[start:], *moments[k], start, lr,
+                             step + 1, (beta1, beta2, eps))
+        if progress is not None:
+            progress.update(1)
+
+
+def _adam_update(p: torch.Tensor, g: torch.Tensor, m: torch.Tensor, v: torch.Tensor,
+                 start: int, lr: torch.Tensor, step: int, hyper: tuple[float, ...]) -> None:
+    """One in-place Adam step on the active slice (all active trials share the step count)."""
+    beta1, beta2, eps = hyper
+    m, v = m[start:], v[start:]
+    m.mul_(beta1).add_(g, alpha=1 - beta1)
+    v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+    denom = (v / (1 - beta2**step)).sqrt_().add_(eps)
+    lr = lr.to(p.dtype).reshape(-1, *([1] * (p.dim() - 1)))
+    p.sub_(lr * m / (1 - beta1**step) / denom)
+
+
+# ----------------------------------------------------------------------------- experiment
+
+
+def evaluate_batch(batch: Batch, config: UniquenessConfig, nonlinearity: str,
+                   chunk: int = 16) -> pd.DataFrame:
+    """Final ELBO (float64, 32 quadrature nodes) and Procrustes angle of every trial."""
+    exact = UniquenessConfig(**{**asdict(config), "quadrature_nodes": 32, "dtype": "float64"})
+    elbos, angles = [], []
+    with torch.no_grad():
+        for lo in range(0, len(batch.rows), chunk):
+            part = Batch(rows=batch.rows[lo:lo + chunk],
+                         params={k: v[lo:lo + chunk].double() for k, v in batch.params.items()},
+                         fixed={k: v[lo:lo + chunk].double() for k, v in batch.fixed.items()},
+                         z=batch.z[lo:lo + chunk].double(), x=batch.x[lo:lo + chunk].double(),
+                         n=batch.n[lo:lo + chunk])
+            elbos.append(batch_elbo(part, exact, nonlinearity))
+            _, C, d, _, _ = decoder_encoder(part.params, part.fixed)
+            angles.append(procrustes_angle(part.z, part.x @ C.mT + d[:, None, :]))
+    table = pd.DataFrame(batch.rows)
+    table["elbo"] = torch.cat(elbos).cpu().numpy()
+    table["angle_deg"] = torch.cat(angles).cpu().numpy()
+    return table
+
+
+def run_experiment(config: UniquenessConfig, device: torch.device,
+                   progress: bool = True) -> pd.DataFrame:
+    """Train and evaluate every trial; one row per trial (see ``TRIAL_COLUMNS``)."""
+    steps = config.decays * max(n for n, _ in config.schedule)
+    tables = []
+    with tqdm(total=steps * len(config.nonlinearities), desc="kp uniqueness", unit="step",
+              disable=not progress) as bar:
+        for nonlinearity in config.nonlinearities:
+            bar.set_postfix_str(nonlinearity)
+            batch = build_batch(config, nonlinearity, device)
+            train_batch(batch, config, nonlinearity, bar)
+            tables.append(evaluate_batch(batch, config, nonlinearity))
+    table = pd.concat(tables, ignore_index=True)
+    return table.sort_values(["nonlinearity", "covariance", "iterations", "trial"],
+                             ignore_index=True)[list(TRIAL_COLUMNS)]
+
+
+def same_data_trials(nonlinearity: str, n: int, inits: int, *, seed: int = 0,
+                     device: torch.device | str = "cpu",
+                     config: UniquenessConfig | None = None) -> pd.DataFrame:
+    """One data set, ``inits`` initialisations per covariance: is the solution unique?
+
+    Trial k (of each covariance) starts from its own initialisation and rotations; all see
+    the data of trial 0. A unique optimum shows as equal angles across k (not necessarily 0).
+    """
+    config = config or UniquenessConfig(schedule=((n, inits),), seed=seed)
+    batch = build_batch(replace(config, schedule=((n, inits),)), nonlinearity,
+                        torch.device(device))
+    with torch.no_grad():
+        batch.z.copy_(batch.z[:1].clone().expand_as(batch.z))
+        batch.x.copy_(batch.x[:1].clone().expand_as(batch.x))
+    train_batch(batch, config, nonlinearity)
+    table = evaluate_batch(batch, config, nonlinearity)[list(TRIAL_COLUMNS)]
+    return table.sort_values(["covariance", "trial"], ignore_index=True)
+
+
+TRIAL_COLUMNS = ("nonlinearity", "covariance", "iterations", "trial", "elbo", "angle_deg")
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA if available, else CPU; anything unusable is an InputError."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise InputError(f"unknown device: {name!r} (use auto, cpu, cuda, cuda:N)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"device {name!r} requested but CUDA is not available")
+    if device.type not in ("cpu", "cuda"):
+        raise InputError(f"unsupported device: {name!r} (use auto, cpu, cuda, cuda:N)")
+    return device
+
+
+def make_config(quick: bool, seed: int) -> UniquenessConfig:
+    """The paper's schedule (420 trials per ν and Σ), or the quick one."""
+    if seed < 0:
+        raise InputError(f"--seed must be a non-negative integer, got {seed}")
+    return UniquenessConfig(schedule=QUICK_SCHEDULE if quick else PAPER_SCHEDULE, seed=seed)
+
+
+def main(args: argparse.Namespace) -> int:
+    """``rdbench kp uniqueness --out DIR [--quick] [--seed S] [--device D] [--force]``."""
+    from analysis.kp.uniqueness_plot import plot_angles, summarise, summary_markdown
+    from rdbench.io import check_output_dir
+
+    check_output_dir(args.out, args.force)
+    config = make_config(args.quick, getattr(args, "seed", 0))
+    device = resolve_device(args.device)
+    # Tensors are small (≤ a few MB): intra-op threads only add contention on a shared CPU.
+    torch.set_num_threads(1)
+    torch.manual_seed(config.seed)
+    started = time.perf_counter()
+    trials = run_experiment(config, device)
+    seconds = time.perf_counter() - started
+    summary = summarise(trials)
+    with staged_directory(args.out, force=args.force) as tmp:
+        atomic_write_text(tmp / "trials.csv", trials.to_csv(index=False, float_format="%.6g"))
+        atomic_write_text(tmp / "summary.csv", summary.to_csv(index=False, float_format="%.4g"))
+        atomic_write_text(tmp / "summary.md", summary_markdown(summary, config, seconds, device))
+        atomic_write_json(tmp / "config.json", {**asdict(config), "device": str(device),
+                                                "seconds": round(seconds, 1)})
+        plot_angles(trials, tmp / "angle_vs_elbo")
+    print(summary.to_string(index=False, float_format=lambda v: f"{v:.3g}"))
+    print(f"wrote {Path(args.out)} ({seconds:.0f} s on {device})")
+    return 0

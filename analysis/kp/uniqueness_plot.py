@@ -1,0 +1,104 @@
+"""Tables and the angle-vs-ELBO figure of the uniqueness experiment (reads the trial table).
+
+Summary statistic per nonlinearity × covariance: the median |angle| of the highest-ELBO
+quarter of trials (the ⌈T/4⌉ trials with the largest ELBO), next to the median over all.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from rdbench.io import atomic_write
+
+# Okabe–Ito colours (colour-blind safe); markers differ too.
+STYLE = {"diagonal": {"color": "#0072B2", "marker": "o", "label": "diagonal Σ"},
+         "full": {"color": "#D55E00", "marker": "^", "label": "full Σ"}}
+
+
+def top_quarter(trials: pd.DataFrame) -> pd.DataFrame:
+    """The ⌈T/4⌉ rows with the highest ELBO."""
+    return trials.nlargest(math.ceil(len(trials) / 4), "elbo")
+
+
+def summarise(trials: pd.DataFrame) -> pd.DataFrame:
+    """One row per (nonlinearity, covariance): trial count, ELBO range, median |angle|s."""
+    rows = []
+    for (nonlinearity, covariance), group in trials.groupby(["nonlinearity", "covariance"],
+                                                            sort=False):
+        best = top_quarter(group)
+        rows.append({"nonlinearity": nonlinearity, "covariance": covariance,
+                     "trials": len(group), "elbo_max": group["elbo"].max(),
+                     "elbo_top_quarter_min": best["elbo"].min(),
+                     "median_abs_angle_top_quarter": best["angle_deg"].abs().median(),
+                     "median_abs_angle_all": group["angle_deg"].abs().median()})
+    order = {name: i for i, name in enumerate(["identity", "tanh", "sigmoid", "elu"])}
+    table = pd.DataFrame(rows)
+    return table.sort_values(["nonlinearity", "covariance"],
+                             key=lambda c: c.map(order) if c.name == "nonlinearity" else c,
+                             ignore_index=True)
+
+
+def summary_markdown(summary: pd.DataFrame, config: Any, seconds: float, device: Any) -> str:
+    """The summary table as Markdown, with the settings that produced it."""
+    schedule = ", ".join(f"n={n}×{t}" for n, t in config.schedule)
+    lines = ["# Kumar & Poole (2020), App. C: uniqueness of the latents", "",
+             f"Schedule (trials per ν and Σ): {schedule}; lr {config.learning_rate}, ÷10 every "
+             f"n steps, {config.decays}n steps; seed {config.seed}; {seconds:.0f} s on {device}.",
+             "", "| ν | Σ | trials | max ELBO | median abs angle, top quarter | "
+             "median abs angle, all |", "|---|---|---:|---:|---:|---:|"]
+    for r in summary.itertuples():
+        lines.append(f"| {r.nonlinearity} | {r.covariance} | {r.trials} | {r.elbo_max:.4f} | "
+                     f"{r.median_abs_angle_top_quarter:.2f}° | {r.median_abs_angle_all:.2f}° |")
+    return "\n".join(lines) + "\n"
+
+
+def _elbo_limits(trials: pd.DataFrame) -> tuple[float, float]:
+    """x range of one panel: the upper 90 % of trials (short runs far off are marked)."""
+    lo, hi = trials["elbo"].quantile(0.1), trials["elbo"].max()
+    pad = 0.05 * max(hi - lo, 1e-3)
+    return lo - pad, hi + pad
+
+
+def plot_angles(trials: pd.DataFrame, stem: str | Path) -> list[Path]:
+    """Scatter angle vs ELBO, one panel per ν (their Fig. 1, 5); writes stem.png and .pdf."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [n for n in ["identity", "tanh", "sigmoid", "elu"]
+             if n in set(trials["nonlinearity"])]
+    fig, axes = plt.subplots(1, len(names), figsize=(3.4 * len(names), 3.2), squeeze=False)
+    for ax, name in zip(axes[0], names, strict=True):
+        _panel(ax, trials[trials["nonlinearity"] == name], name)
+    axes[0, 0].set_ylabel("rotation angle (degrees)")
+    axes[0, -1].legend(loc="best", fontsize=8, framealpha=0.9)
+    fig.tight_layout()
+    stem = Path(stem)
+    paths = []
+    for suffix in (".png", ".pdf"):
+        path = stem.with_suffix(suffix)
+        atomic_write(path, lambda f, s=suffix: fig.savefig(f, format=s[1:], dpi=150))
+        paths.append(path)
+    plt.close(fig)
+    return paths
+
+
+def _panel(ax: Any, trials: pd.DataFrame, name: str) -> None:
+    """One ν: both covariances; trials left of the x range are drawn at its left edge."""
+    lo, hi = _elbo_limits(trials)
+    for covariance, style in STYLE.items():
+        group = trials[trials["covariance"] == covariance]
+        inside = group["elbo"] >= lo
+        ax.scatter(group.loc[inside, "elbo"], group.loc[inside, "angle_deg"], s=14,
+                   alpha=0.7, linewidths=0, **style)
+        ax.scatter([lo] * int((~inside).sum()), group.loc[~inside, "angle_deg"], s=14,
+                   marker="<", color=style["color"], alpha=0.5, linewidths=0)
+    ax.set(xlim=(lo, hi), ylim=(-47, 47), yticks=range(-45, 46, 15), title=f"ν = {name}",
+           xlabel="ELBO (nats per data point)")
+    ax.axhline(0, color="0.6", linewidth=0.6, zorder=0)
+    ax.grid(alpha=0.25)

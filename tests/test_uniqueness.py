@@ -1,0 +1,246 @@
+"""Known answers for the Kumar & Poole Appendix C uniqueness experiment (analysis.kp)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from analysis.kp.uniqueness import (
+    UniquenessConfig,
+    batch_elbo,
+    build_batch,
+    decoder_encoder,
+    elbo_linear,
+    elbo_quadrature,
+    init_trial,
+    make_data,
+    procrustes_angle,
+    same_data_trials,
+    train_batch,
+)
+from analysis.kp.uniqueness_plot import plot_angles, summarise
+from rdbench.cli import main as rdbench_main
+
+CPU = torch.device("cpu")
+torch.set_num_threads(1)  # tiny tensors: threads only add contention on a shared CPU
+SIGNED_PERMUTATIONS = [torch.tensor(p, dtype=torch.float64) for p in (
+    [[1, 0], [0, 1]], [[-1, 0], [0, 1]], [[1, 0], [0, -1]], [[-1, 0], [0, -1]],
+    [[0, 1], [1, 0]], [[0, -1], [1, 0]], [[0, 1], [-1, 0]], [[0, -1], [-1, 0]])]
+
+
+def rotation(degrees: float) -> torch.Tensor:
+    a = math.radians(degrees)
+    return torch.tensor([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]],
+                        dtype=torch.float64)
+
+
+def gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+@pytest.mark.parametrize("theta", [-40.0, -12.5, 0.0, 7.0, 30.0, 44.0])
+def test_procrustes_recovers_a_known_rotation(theta: float) -> None:
+    z = torch.randn(500, 2, generator=gen(), dtype=torch.float64)
+    m = 0.3 * z @ rotation(theta)          # M = 0.3 R(θ)ᵀ Z, so Z = R(θ) M / 0.3
+    m = m + 1e-3 * torch.randn(500, 2, generator=gen(1), dtype=torch.float64)
+    assert procrustes_angle(z, m).item() == pytest.approx(theta, abs=0.05)
+
+
+def test_angle_is_invariant_to_permutation_and_reflection_of_latents() -> None:
+    z = torch.randn(300, 2, generator=gen(), dtype=torch.float64)
+    for theta in (-31.0, 3.0, 22.0):
+        m = z @ rotation(theta)
+        angles = [procrustes_angle(z, m @ P.T).item() for P in SIGNED_PERMUTATIONS]
+        assert angles == pytest.approx([theta] * 8, abs=1e-6)
+
+
+def test_angle_is_reduced_into_the_half_open_interval() -> None:
+    z = torch.randn(300, 2, generator=gen(), dtype=torch.float64)
+    for theta, expected in [(45.0, 45.0), (-45.0, 45.0), (60.0, -30.0), (100.0, 10.0),
+                            (-170.0, 10.0), (135.0, 45.0)]:
+        angle = procrustes_angle(z, z @ rotation(theta)).item()
+        assert angle == pytest.approx(expected, abs=1e-6)
+        assert -45.0 < angle <= 45.0 + 1e-9
+    batch = torch.randn(50, 100, 2, generator=gen(2), dtype=torch.float64)
+    angles = procrustes_angle(batch, torch.randn(50, 100, 2, generator=gen(3),
+                                                 dtype=torch.float64))
+    assert angles.shape == (50,) and bool(((angles > -45) & (angles <= 45)).all())
+
+
+def test_data_has_orthogonal_columns_of_norm_two_and_one_and_the_stated_noise() -> None:
+    z, x = make_data("identity", 100_000, 0.05, gen(5))
+    W = torch.linalg.lstsq(z, x).solution.T                  # x ≈ z Wᵀ
+    assert (W.T @ W).numpy() == pytest.approx(np.diag([4.0, 1.0]), abs=0.03)
+    assert (x - z @ W.T).std().item() == pytest.approx(0.05, rel=0.02)
+    assert torch.cov(z.T).numpy() == pytest.approx(np.eye(2), abs=0.02)
+    z_t, x_t = make_data("tanh", 1000, 0.05, gen(6))
+    assert bool((x_t.abs() < 1 + 5 * 0.05).all())
+
+
+def _set_posterior(A: torch.Tensor, b: torch.Tensor, sigma: float,
+                   generator: torch.Generator) -> tuple[dict, dict]:
+    """Parameters (under random fixed rotations) whose q(z|x) is the exact posterior."""
+    params, fixed = init_trial(generator, full=True)
+    Sigma = torch.linalg.inv(torch.eye(2, dtype=torch.float64) + A.T @ A / sigma**2)
+    C = Sigma @ A.T / sigma**2
+    L = torch.linalg.cholesky(fixed["O_S"].T @ Sigma @ fixed["O_S"])
+    params.update(A=A @ fixed["O_A"], b=b, C=fixed["O_C"].T @ C,
+                  d=fixed["O_C"].T @ (-C @ b), log_diag=torch.diagonal(L).log(), off=L[1, 0])
+    return ({k: v[None] for k, v in params.items()}, {k: v[None] for k, v in fixed.items()})
+
+
+def test_linear_elbo_is_the_log_likelihood_at_the_exact_posterior() -> None:
+    sigma = 0.05
+    A = torch.tensor([[1.5, -0.4], [0.7, 0.9]], dtype=torch.float64)
+    b = torch.tensor([0.2, -0.1], dtype=torch.float64)
+    z = torch.randn(2000, 2, generator=gen(7), dtype=torch.float64)
+    x = z @ A.T + b + sigma * torch.randn(2000, 2, generator=gen(8), dtype=torch.float64)
+    params, fixed = _set_posterior(A, b, sigma, gen(9))
+    elbo = elbo_linear(params, fixed, x.mean(0)[None], (x.T @ x / len(x))[None], sigma)
+    marginal = torch.distributions.MultivariateNormal(b, A @ A.T + sigma**2 * torch.eye(2))
+    assert elbo.item() == pytest.approx(marginal.log_prob(x).mean().item(), abs=1e-9)
+    quadrature = elbo_quadrature(params, fixed, x[None], "identity", sigma, nodes=2)
+    assert quadrature.item() == pytest.approx(elbo.item(), abs=1e-9)
+
+
+def test_quadrature_matches_a_dense_grid_integral_for_tanh() -> None:
+    params, fixed = init_trial(gen(10), full=True)
+    params = {k: v[None] for k, v in params.items()}
+    fixed = {k: v[None] for k, v in fixed.items()}
+    params["log_diag"] = torch.tensor([[-1.0, -1.5]], dtype=torch.float64)
+    params["off"] = torch.tensor([0.3], dtype=torch.float64)
+    _, x = make_data("tanh", 50, 0.05, gen(11))
+    quadrature = elbo_quadrature(params, fixed, x[None], "tanh", 0.05, nodes=32).item()
+    # Independent check: u_j = a_jᵀz ~ N(m, s²) integrated on a dense grid (trapezoid).
+    A, C, d, Sigma, logdet = (v[0] for v in decoder_encoder(params, fixed))
+    mu = x @ C.T + d
+    m, s = mu @ A.T, torch.diagonal(A @ Sigma @ A.T).sqrt()          # (N, 2), (2,)
+    e = torch.linspace(-9, 9, 4001, dtype=torch.float64)
+    u = m[..., None] + s[:, None] * e                                  # (N, 2, G)
+    density = torch.exp(-e**2 / 2) / math.sqrt(2 * math.pi)
+    sq = ((x - params["b"][0])[..., None] - torch.tanh(u)) ** 2
+    err = torch.trapezoid(sq * density, e, dim=-1).sum(-1)            # (N,)
+    loglik = -err / (2 * 0.05**2) - math.log(2 * math.pi * 0.05**2)
+    kl = 0.5 * (torch.trace(Sigma) + mu.square().sum(-1) - 2 - logdet)
+    assert quadrature == pytest.approx((loglik - kl).mean().item(), abs=1e-6)
+
+
+def test_diagonal_trials_have_a_diagonal_posterior_covariance() -> None:
+    params, fixed = init_trial(gen(13), full=False)
+    params["off"] = torch.tensor(0.7, dtype=torch.float64)
+    params["log_diag"] = torch.tensor([0.3, -0.2], dtype=torch.float64)
+    *_, Sigma, logdet = decoder_encoder({k: v[None] for k, v in params.items()},
+                                        {k: v[None] for k, v in fixed.items()})
+    assert Sigma[0].numpy() == pytest.approx(np.diag(np.exp([0.6, -0.4])), abs=1e-12)
+    assert logdet.item() == pytest.approx(0.2, abs=1e-12)
+
+
+def test_vectorised_training_equals_trials_trained_one_at_a_time() -> None:
+    config = UniquenessConfig(schedule=((4, 1), (8, 1)), nonlinearities=("tanh",),
+                              n_points=100, dtype="float64")
+    together = build_batch(config, "tanh", CPU)
+    train_batch(together, config, "tanh")
+    for n, row in [(4, 0), (8, 2)]:
+        alone = build_batch(replace(config, schedule=((n, 1),)), "tanh", CPU)
+        train_batch(alone, replace(config, schedule=((n, 1),)), "tanh")
+        for k, v in alone.params.items():
+            torch.testing.assert_close(together.params[k][row], v[0])
+
+
+def test_training_improves_the_elbo_of_a_tiny_model() -> None:
+    config = UniquenessConfig(schedule=((40, 2),), nonlinearities=("sigmoid",),
+                              n_points=300)
+    batch = build_batch(config, "sigmoid", CPU)
+    with torch.no_grad():
+        before = batch_elbo(batch, config, "sigmoid")
+    train_batch(batch, config, "sigmoid")
+    with torch.no_grad():
+        after = batch_elbo(batch, config, "sigmoid")
+    assert bool((after > before + 1.0).all())
+
+
+def _optimal_encoder(A: torch.Tensor, b: torch.Tensor, sigma: float, full: bool,
+                     generator: torch.Generator) -> tuple[dict, dict]:
+    """Best q(z|x) for a linear decoder: exact posterior mean; Σ the exact posterior
+    covariance (full) or Σ_kk = 1 / (1 + (AᵀA)_kk / σ²) (diagonal), both in closed form."""
+    params, fixed = _set_posterior(A, b, sigma, generator)
+    if not full:
+        fixed["O_S"], fixed["full"] = torch.eye(2, dtype=torch.float64)[None], fixed["full"] * 0
+        params["log_diag"] = -0.5 * torch.log1p(torch.diagonal(A.T @ A) / sigma**2)[None]
+    return params, fixed
+
+
+def test_only_the_diagonal_elbo_prefers_the_true_axes() -> None:
+    """Rotating the latents of the PPCA optimum by δ leaves the full-Σ ELBO unchanged and
+    lowers the diagonal-Σ ELBO (by ½ Σ log(1 + (AᵀA)_kk/σ²) − ½ log det(I + AᵀA/σ²))."""
+    sigma = 0.05
+    z = torch.randn(4000, 2, generator=gen(14), dtype=torch.float64)
+    W = rotation(25.0) * torch.tensor([2.0, 1.0], dtype=torch.float64)
+    x = z @ W.T + sigma * torch.randn(4000, 2, generator=gen(15), dtype=torch.float64)
+    mean, second = x.mean(0)[None], (x.T @ x / len(x))[None]
+    xc = x - x.mean(0)
+    lam, U = torch.linalg.eigh(xc.T @ xc / len(x))
+    A0 = U * (lam - sigma**2).sqrt()                           # PPCA optimum, orthogonal columns
+    elbos = {}
+    for full in (False, True):
+        for delta in (0.0, 5.0, 20.0, 45.0):
+            params, fixed = _optimal_encoder(A0 @ rotation(delta), x.mean(0), sigma, full,
+                                             gen(16))
+            elbos[full, delta] = elbo_linear(params, fixed, mean, second, sigma).item()
+    assert [elbos[True, d] for d in (5.0, 20.0, 45.0)] == pytest.approx([elbos[True, 0.0]] * 3,
+                                                                        abs=1e-9)
+    assert elbos[False, 0.0] == pytest.approx(elbos[True, 0.0], abs=1e-9)
+    assert elbos[False, 0.0] > elbos[False, 5.0] > elbos[False, 20.0] > elbos[False, 45.0]
+    AtA = (A0 @ rotation(20.0)).T @ (A0 @ rotation(20.0)) / sigma**2
+    gap = 0.5 * (torch.log1p(torch.diagonal(AtA)).sum() - torch.logdet(torch.eye(2) + AtA))
+    assert elbos[True, 0.0] - elbos[False, 20.0] == pytest.approx(gap.item(), rel=1e-6)
+
+
+def test_summary_takes_the_highest_elbo_quarter() -> None:
+    trials = pd.DataFrame({"nonlinearity": "tanh", "covariance": "diagonal",
+                           "iterations": 10, "trial": range(8),
+                           "elbo": [1, 2, 3, 4, 5, 6, 7, 8],
+                           "angle_deg": [40, -30, 20, 10, 5, -4, 2, -1]})
+    row = summarise(trials).iloc[0]
+    assert row["median_abs_angle_top_quarter"] == pytest.approx(1.5)
+    assert row["median_abs_angle_all"] == pytest.approx(7.5)
+    assert row["trials"] == 8
+
+
+def test_figure_is_written_as_png_and_pdf(tmp_path) -> None:
+    rng = np.random.default_rng(0)
+    trials = pd.DataFrame({"nonlinearity": np.repeat(["identity", "tanh"], 20),
+                           "covariance": np.tile(np.repeat(["diagonal", "full"], 10), 2),
+                           "iterations": 10, "trial": np.tile(range(10), 4),
+                           "elbo": rng.normal(-3, 1, 40), "angle_deg": rng.uniform(-45, 45, 40)})
+    paths = plot_angles(trials, tmp_path / "fig")
+    assert [p.name for p in paths] == ["fig.png", "fig.pdf"]
+    assert all(p.stat().st_size > 1000 for p in paths)
+
+
+def test_cli_rejects_bad_input_before_work(tmp_path, capsys) -> None:
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("x")
+    for argv in (["--out", str(tmp_path / "full")],
+                 ["--out", str(tmp_path / "new"), "--seed", "-1"],
+                 ["--out", str(tmp_path / "new"), "--device", "tpu"]):
+        assert rdbench_main(["kp", "uniqueness", *argv]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("rdbench: error:") and err.count("\n") == 1
+    assert not (tmp_path / "new").exists()
+
+
+def test_same_data_trials_share_the_data_but_not_the_initialisation() -> None:
+    config = UniquenessConfig(n_points=200, dtype="float64")
+    table = same_data_trials("identity", 0, 3, config=config)
+    assert list(table["covariance"]) == ["diagonal"] * 3 + ["full"] * 3
+    # untrained (n = 0): the angle is the initial encoder's, different for each init
+    assert table["angle_deg"].iloc[:3].nunique() == 3
+    assert table["elbo"].iloc[:3].nunique() == 3
+    trained = same_data_trials("identity", 200, 2, config=config)
+    assert bool((trained["elbo"] > table["elbo"].max()).all())
