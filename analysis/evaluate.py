@@ -78,9 +78,9 @@ def main(args: argparse.Namespace) -> int:
     runs_dir = Path(args.runs_dir)
     todo, skipped, unfinished = select_runs(runs_dir, force=args.force)
     datasets = _check_inputs(todo)
-    from benchmark.runner import resolve_device
+    from rdbench.device import resolve_device
 
-    device = torch.device(resolve_device(args.device))
+    device = resolve_device(args.device)
     for (path, split) in sorted({(c["dataset"], c["split"]) for _, c in todo}):
         ensure_neighbours(runs_dir, datasets[path], split, settings, device, force=args.force)
     groups = _group(todo)

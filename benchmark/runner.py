@@ -19,6 +19,7 @@ from typing import Any
 
 from benchmark import runs as runs_io
 from benchmark.config import GridConfig
+from rdbench.device import resolve_device
 from rdbench.io import InputError
 
 
@@ -111,22 +112,6 @@ def run_job(job: Job, device: str, progress: bool = True, threads: int | None = 
                         on_log=on_log, on_checkpoint=on_checkpoint, progress=progress)
     return [(d.name, runs_io.finish_run(d, s, h))
             for d, s, h in zip(run_dirs, final, histories, strict=True)]
-
-
-def resolve_device(device: str) -> str:
-    """``auto`` → ``cuda`` when available, else ``cpu``; unknown CUDA devices are refused."""
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise InputError(f"device {device} requested but CUDA is not available")
-        index = int(device.split(":")[1]) if ":" in device else 0
-        if index >= torch.cuda.device_count():
-            raise InputError(f"device {device} does not exist "
-                             f"({torch.cuda.device_count()} CUDA device(s))")
-    return device
 
 
 def dispatch(jobs: list[Job], devices: list[str], workers: int, backend: str,

@@ -10,7 +10,8 @@ from typing import Any
 
 from benchmark import runs as runs_io
 from benchmark.config import GridConfig, expand, load_grid, parse_devices
-from benchmark.runner import Job, check_backend, dispatch, plan, resolve_device
+from benchmark.runner import Job, check_backend, dispatch, plan
+from rdbench.device import resolve_device
 from rdbench.io import InputError, atomic_write_json, check_output_dir
 
 _MARKER = "grids"  # RUNS_DIR/grids/<name>.json marks a directory rdbench trains into
@@ -18,7 +19,7 @@ _MARKER = "grids"  # RUNS_DIR/grids/<name>.json marks a directory rdbench trains
 
 def main(args: argparse.Namespace) -> int:
     grid = load_grid(args.config, device=args.device)
-    devices = [resolve_device(d) for d in parse_devices(grid.device)]
+    devices = [str(resolve_device(d)) for d in parse_devices(grid.device)]
     workers = check_backend(args.backend, args.scheduler, devices, args.workers)
     runs_dir = _runs_dir(args, grid)
     dataset = _load_dataset(grid.dataset)

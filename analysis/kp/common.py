@@ -64,15 +64,6 @@ def output_dir(args: argparse.Namespace) -> Path:
     return check_output_dir(out, args.force)
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise InputError(f"invalid device {name!r}; use auto, cpu, cuda or cuda:N") from None
-
-
 @functools.lru_cache(maxsize=4)
 def _dataset(path: str) -> Any:
     import tetrominoes

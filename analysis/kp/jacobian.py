@@ -33,6 +33,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from analysis.kp import common
+from rdbench.device import resolve_device
 from rdbench.io import InputError, atomic_write, atomic_write_text, staged_directory
 
 N_SHOW = 2  # test points shown in the heat maps
@@ -108,7 +109,7 @@ def main(args: argparse.Namespace) -> int:
         raise InputError(f"--examples must be >= 1, got {args.examples}")
     runs = common.finished_vae_runs(args.runs_dir)
     common.check_data(runs)
-    device = common.resolve_device(args.device)
+    device = resolve_device(args.device)
     rows, matrices = [], {}
     for run_dir, config in tqdm(runs, desc="kp jacobian", disable=None):
         model = common.load_run_model(run_dir, device)

@@ -28,6 +28,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from analysis.kp import common
+from rdbench.device import resolve_device
 from rdbench.io import InputError, atomic_write_text, staged_directory
 
 COMPONENTS = ("beta_vae", "taylor", "grae", "distortion_mc", "distortion_mean", "trace_term",
@@ -115,7 +116,7 @@ def main(args: argparse.Namespace) -> int:
         raise InputError("--examples and --samples must be >= 1")
     runs = common.finished_vae_runs(args.runs_dir)
     common.check_data(runs)
-    device = common.resolve_device(args.device)
+    device = resolve_device(args.device)
     rows = []
     for run_dir, config in tqdm(runs, desc="kp objectives", disable=None):
         model = common.load_run_model(run_dir, device)
