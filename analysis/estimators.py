@@ -147,7 +147,8 @@ def exact_log_qz(z: Tensor, mu: Tensor, logvar: Tensor | None = None, *,
 
 def rate_decomposition(mu: Tensor, logvar: Tensor | None = None, *,
                        scale_tril: Tensor | None = None, batch_size: int | None = 512,
-                       generator: torch.Generator | None = None) -> dict[str, float]:
+                       generator: torch.Generator | None = None,
+                       dataset_size: int | None = None) -> dict[str, float]:
     """R = I_q(x;z) + KL(q(z) ‖ p(z)) over a set of N encodings, one zᵢ ~ q(z|xᵢ) each.
 
         Î   = meanᵢ [ℓᵢᵢ − log q̂(zᵢ)],   KL̂ = meanᵢ [log q̂(zᵢ) − log p(zᵢ)],
@@ -158,11 +159,20 @@ def rate_decomposition(mu: Tensor, logvar: Tensor | None = None, *,
     batch, which is exact), or from :func:`exact_log_qz` when ``batch_size is None``.
     Î ≤ log N always. Computed in float64; values are Python floats.
 
-    mu: (N, d), logvar: (N, d) or scale_tril: (N, d, d).
+    ``dataset_size``: when the n encodings are a uniform random subset of a set of
+    N = ``dataset_size`` ≥ n examples, the minibatch weights use that N, so q(z) is the
+    aggregate posterior of the whole set (and Î ≤ log N, not log n). The exact estimator
+    needs all N encodings and refuses a subset.
+
+    mu: (n, d), logvar: (n, d) or scale_tril: (n, d, d).
     """
     _check_posterior(mu, logvar, scale_tril)
     if mu.shape[0] < 2 or (batch_size is not None and batch_size < 2):
         raise ValueError(f"need N >= 2 and batch_size >= 2 (N={mu.shape[0]}, B={batch_size})")
+    n_set = mu.shape[0] if dataset_size is None else dataset_size
+    if n_set < mu.shape[0] or (batch_size is None and n_set != mu.shape[0]):
+        raise ValueError(f"dataset_size={dataset_size} does not fit {mu.shape[0]} encodings "
+                         "(the exact estimator needs the whole set)")
     mu, logvar, scale_tril = mu.double(), _maybe_double(logvar), _maybe_double(scale_tril)
     with torch.no_grad():
         z = sample_gaussian(mu, logvar, scale_tril=scale_tril, generator=generator)
@@ -171,7 +181,8 @@ def rate_decomposition(mu: Tensor, logvar: Tensor | None = None, *,
         if batch_size is None:
             log_qz = exact_log_qz(z, mu, logvar, scale_tril=scale_tril, paired=True)
         else:
-            log_qz = _minibatch_log_qz_of_set(z, mu, logvar, scale_tril, batch_size, generator)
+            log_qz = _minibatch_log_qz_of_set(z, mu, logvar, scale_tril, batch_size, generator,
+                                              n_set)
         analytic = (gaussian_kl_to_standard(mu, logvar) if scale_tril is None
                     else kl_tril_to_standard(mu, scale_tril))
     return {"rate": (log_q_own - log_p).mean().item(),
@@ -272,7 +283,7 @@ def _log_posterior(z: Tensor, mu: Tensor, logvar: Tensor | None,
 
 def _minibatch_log_qz_of_set(z: Tensor, mu: Tensor, logvar: Tensor | None,
                              scale_tril: Tensor | None, batch_size: int,
-                             generator: torch.Generator | None) -> Tensor:
+                             generator: torch.Generator | None, dataset_size: int) -> Tensor:
     """:func:`minibatch_log_qz` on disjoint random batches covering all N rows -> (N,)."""
     N = mu.shape[0]
     perm = torch.randperm(N, generator=generator,
@@ -284,7 +295,8 @@ def _minibatch_log_qz_of_set(z: Tensor, mu: Tensor, logvar: Tensor | None,
     for idx in batches:
         log_qz[idx] = minibatch_log_qz(
             z[idx], mu[idx], None if logvar is None else logvar[idx],
-            scale_tril=None if scale_tril is None else scale_tril[idx], dataset_size=N)
+            scale_tril=None if scale_tril is None else scale_tril[idx],
+            dataset_size=dataset_size)
     return log_qz
 
 

@@ -13,7 +13,9 @@ on its split's train set and test set, per example in nats, averaged over the se
   seeded subset of ``--iwae-subset`` examples (0 = all; ``log_px_n`` says how many).
 
 ``--max-examples N`` evaluates a seeded subset of at most N examples per set instead of all
-of it (``n`` = examples used, ``set_size`` = the whole set; Î then saturates at log n).
+of it (``n`` = examples used, ``set_size`` = the whole set). The minibatch estimator then
+keeps N = ``set_size`` in its weights, so q(z) is still the whole set's aggregate posterior
+and Î saturates at log ``set_size`` (the exact estimator needs the whole set).
 
 Runs that share (dataset, split, architecture, objective, options) are evaluated together:
 their weights are stacked (``torch.func.stack_module_state``) and encode/decode run as one
@@ -111,6 +113,8 @@ def settings_from_args(args: argparse.Namespace) -> EvalSettings:
                              ("--max-examples", s.max_examples, 0)]:
         if value < low:
             raise InputError(f"{name} must be >= {low}, got {value}")
+    if s.mi_batch is None and s.max_examples:
+        raise InputError("--mi-batch exact needs every encoding of a set; drop --max-examples")
     return s
 
 
@@ -264,7 +268,7 @@ def evaluate_set(group: ModelGroup, images: np.ndarray, rows: np.ndarray, set_na
         post = tuple(None if t is None else t[m].to(_device(group)) for t in enc["posterior"])
         decomposition = est.rate_decomposition(
             *post[:2], scale_tril=post[2], batch_size=settings.mi_batch,
-            generator=_generator(run_id, set_name, "mi"))
+            generator=_generator(run_id, set_name, "mi"), dataset_size=set_size)
         log_px = _log_px(group, m, x_sub, post, subset, settings, _generator(run_id, set_name,
                                                                               "iwae"))
         d, r = enc["distortion"][m].mean().item(), enc["rate"][m].mean().item()

@@ -44,7 +44,8 @@ def variant_columns(summary: pd.DataFrame) -> list[str]:
 def option_columns_of_summary(summary: pd.DataFrame) -> list[str]:
     """Flattened objective options (e.g. ``block_size``) among the summary's columns."""
     metric_cols = {f"{m}_{s}" for m in SUMMARY_METRICS for s in ("mean", "std")}
-    fixed = {"split", "architecture", "objective", "beta", "set", "n_seeds", "n_train", "n"}
+    fixed = {"split", "architecture", "objective", "beta", "set", "n_seeds", "n_train", "n",
+             "set_size"}
     return [c for c in option_columns(summary) if c not in metric_cols | fixed]
 
 
@@ -81,7 +82,7 @@ def split_label(summary: pd.DataFrame, split: str) -> str:
     """``cv-16384 (16k/147k)``: the split name with its train/test sizes."""
     rows = summary[summary["split"] == split]
     n_train = rows["n_train"].dropna()
-    n_test = rows.loc[rows["set"] == "test", "n"].dropna()
+    n_test = rows.loc[rows["set"] == "test", "set_size"].dropna()
     if n_train.empty or n_test.empty:
         return split
     return f"{split} ({short_count(n_train.iloc[0])}/{short_count(n_test.iloc[0])})"

@@ -27,7 +27,9 @@ import pandas as pd
 
 from rdbench.io import InputError
 
-METRICS = ("n", "distortion", "rate", "elbo", "mutual_information", "marginal_kl", "log_px")
+# n: examples evaluated; set_size: examples in the whole set (n < set_size with --max-examples)
+METRICS = ("n", "set_size", "distortion", "rate", "elbo", "mutual_information", "marginal_kl",
+           "log_px")
 SUMMARY_METRICS = ("distortion", "rate", "elbo", "mutual_information", "marginal_kl", "log_px")
 RUN_COLUMNS = ("run_id", "split", "architecture", "objective", "beta", "seed", "set", *METRICS,
                "status", "n_train")
@@ -70,6 +72,8 @@ def _run_rows(run_dir: Path) -> list[dict]:
         values = (metrics or {}).get(set_name) or {}
         row = {**base, "set": set_name, "status": status, **options}
         row.update({m: _as_float(values.get(m)) for m in METRICS})
+        if math.isnan(row["set_size"]):  # metrics written without it evaluated the whole set
+            row["set_size"] = row["n"]
         rows.append(row)
     return rows
 
@@ -129,7 +133,7 @@ def summarise(df: pd.DataFrame) -> pd.DataFrame:
         raise InputError("no evaluated runs (status done with metrics.json)")
     grouped = done.groupby(keys, dropna=False, sort=True)
     out = grouped.agg(n_seeds=("seed", "nunique"), n_train=("n_train", "first"),
-                      n=("n", "first"))
+                      n=("n", "first"), set_size=("set_size", "first"))
     for m in SUMMARY_METRICS:
         out[f"{m}_mean"] = grouped[m].mean()
         out[f"{m}_std"] = grouped[m].std(ddof=1)
@@ -152,7 +156,8 @@ def format_number(x: float) -> str:
 def display_table(summary: pd.DataFrame) -> pd.DataFrame:
     """The summary as strings, one ``mean ± std`` column per metric (for Markdown/LaTeX/HTML)."""
     keys = [c for c in summary.columns
-            if c not in ("n_seeds", "n_train", "n") and not c.endswith(("_mean", "_std"))]
+            if c not in ("n_seeds", "n_train", "n", "set_size")
+            and not c.endswith(("_mean", "_std"))]
     out = pd.DataFrame({k: [_cell(v) for v in summary[k]] for k in keys})
     out["seeds"] = [_cell(v) for v in summary["n_seeds"]]
     for m in SUMMARY_METRICS:

@@ -313,3 +313,20 @@ def test_cuda_matches_cpu() -> None:
     d_cpu, i_cpu = nearest_neighbour_distances(test, train, chunk_size=64)
     d_gpu, i_gpu = nearest_neighbour_distances(test.cuda(), train.cuda(), chunk_size=64)
     assert torch.equal(i_cpu, i_gpu) and torch.allclose(d_cpu, d_gpu)
+
+
+def test_subset_of_a_larger_set_saturates_at_log_of_the_whole_set():
+    """n well-separated encodings drawn from a set of N: Î = log N (not log n)."""
+    from analysis.estimators import rate_decomposition
+
+    g = torch.Generator().manual_seed(0)
+    n, N, d = 300, 50_000, 4
+    mu = torch.randn(n, d, generator=g) * 1e3  # no two posteriors overlap
+    logvar = torch.full((n, d), -4.0)
+    out = rate_decomposition(mu, logvar, batch_size=100, generator=g, dataset_size=N)
+    assert abs(out["mutual_information"] - math.log(N)) < 1e-6
+    assert abs(out["mutual_information"] + out["marginal_kl"] - out["rate"]) < 1e-9
+    with pytest.raises(ValueError):
+        rate_decomposition(mu, logvar, batch_size=None, dataset_size=N)
+    with pytest.raises(ValueError):
+        rate_decomposition(mu, logvar, batch_size=100, dataset_size=n - 1)
