@@ -1,9 +1,12 @@
 """The vectorised trainer: all runs of a group (β × seed) train as one stacked model.
 
 The M models of a group have identical shapes, so their parameters are stacked along a
-new leading axis (M, ...) and the per-model objective is ``torch.func.vmap``-ed over it:
-linear layers become batched matmuls, convolutions grouped convolutions. One Adam step
-updates the stacked tensors; Adam is elementwise, so this equals M independent Adams.
+new leading axis (M, ...) and one fused Adam step updates the stacked tensors (Adam is
+elementwise, so this equals M independent Adams). The forward/backward pass
+(:mod:`benchmark.ensemble`) ``torch.func.vmap``-s the per-model objective over the stack
+(linear layers become batched matmuls, convolutions grouped convolutions), except for CNN
+groups on CPU, which run model after model on views of the stack (faster there: cache
+locality and plain oneDNN convolutions; see ``benchmark/ensemble.py``).
 
 Randomness is counter-based and per run, so a run never depends on its group:
 - initialisation of run r: the global RNG seeded with ``_mix(seed_r, "init")``;
@@ -21,25 +24,26 @@ the failing step). The other runs go on unaffected.
 Speed: the split lives on the device as uint8 and is gathered per step; metrics are
 summed on the device and read only at log/checkpoint time; Adam is fused; linear weights
 of a vmapped group are stored transposed (contiguous gradients); a group of one skips
-vmap; on CUDA TF32 is on and ``precision="bf16"`` autocasts; on CPU glibc is told to
-keep freed memory (see :func:`_keep_freed_memory`).
+vmap; CNNs on CPU loop over the models (above); on CUDA TF32 is on and
+``precision="bf16"`` autocasts; on CPU glibc is told to keep freed memory
+(see :func:`_keep_freed_memory`).
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
-from torch.func import functional_call, vmap
 from tqdm.auto import tqdm
 
+from benchmark.ensemble import Ensemble, build_ensemble, make_step, per_run_tensors
 from benchmark.models import ARCHITECTURES, build_model
-from benchmark.objectives import Objective, get_objective
+from benchmark.objectives import get_objective
 from rdbench.io import InputError
 
 CHUNK = 100  # iterations of minibatch indices and noise drawn at once per run
@@ -132,195 +136,47 @@ def draw_chunk(
     return idx, eps, u
 
 
-class _Bound(nn.Module):
-    """``forward`` = the objective applied to ``model`` (so functional_call can swap weights)."""
-
-    def __init__(self, model: nn.Module, objective: Objective, options: dict):
-        super().__init__()
-        self.model = model
-        self.objective = objective
-        self.options = options
-
-    def forward(self, x, beta, eps, u) -> dict[str, torch.Tensor]:
-        return self.objective.loss(self.model, x, beta, {"eps": eps, "u": u}, self.options)
-
-
-@dataclass
-class _Ensemble:
-    """Stacked parameters (M, ...), the Adam over them, and the per-run alive mask."""
-
-    params: dict[str, torch.Tensor]  # leaves in storage layout (what Adam updates)
-    transposed: frozenset[str]  # names stored as (M, in, out): see _storage_layout
-    optimizer: torch.optim.Adam
-    bound: _Bound
-    betas: torch.Tensor  # (M,)
-    alive: torch.Tensor  # (M,) bool
-    fail_at: torch.Tensor  # (M,) int64, -1 while alive
-    reasons: list[str | None] = field(default_factory=list)
-
-    def model_view(self, name: str, t: torch.Tensor) -> torch.Tensor:
-        """Storage layout -> the model's layout (M, ...) (a view)."""
-        return t.transpose(1, 2) if name in self.transposed else t
-
-    def model_params(self) -> dict[str, torch.Tensor]:
-        return {k: self.model_view(k, p) for k, p in self.params.items()}
-
-    def per_model(self, params, x, beta, eps, u) -> dict[str, torch.Tensor]:
-        prefixed = {f"model.{k}": v for k, v in params.items()}
-        return functional_call(self.bound, prefixed, (x, beta, eps, u))
-
-
-def _ensemble_fn(ens: _Ensemble, n_runs: int) -> Callable:
-    """The objective over the ensemble: (params (M, ...), x (M, B, ...), ...) -> {k: (M, B)}.
-
-    A group of one skips vmap (plain addmm/conv kernels, no batching-rule overhead) and
-    works on the views ``p[0]``, so gradients still reach the stacked tensors.
-    """
-    if n_runs > 1:
-        return vmap(ens.per_model, randomness="error")
-
-    def single(params, x, beta, eps, u):
-        out = ens.per_model({k: p[0] for k, p in params.items()}, x[0], beta[0], eps[0], u[0])
-        return {k: v.unsqueeze(0) for k, v in out.items()}
-
-    return single
-
-
-def _make_optimizer(params: list[torch.Tensor], lr: float, device: torch.device):
-    """Fused Adam (one kernel over each stacked tensor, no temporaries; CPU and CUDA)."""
-    return torch.optim.Adam(params, lr=lr, fused=True)
+def _uses_loop(spec: GroupSpec, device: torch.device) -> bool:
+    """CNN groups on CPU run model after model over the stacked storage (see ensemble.py)."""
+    return device.type == "cpu" and spec.architecture.startswith("cnn")
 
 
 def _build_ensemble(
     spec: GroupSpec, device: torch.device, states: list[RunState] | None
-) -> _Ensemble:
+) -> Ensemble:
     if states is None:
         dicts = [init_model(spec, s).state_dict() for s in spec.seeds]
     else:
         dicts = [st.model for st in states]
-    transposed = _storage_layout(dicts[0], spec.n_runs)
-    params = {  # (M, ...) in storage layout
-        k: _to_storage(k, torch.stack([d[k] for d in dicts]), transposed)
-        .to(device)
-        .requires_grad_()
-        for k in dicts[0]
-    }
-    optimizer = _make_optimizer(list(params.values()), spec.learning_rate, device)
-    if states is not None and states[0].iteration > 0:
-        _load_moments(optimizer, params, states, device, transposed)
-    objective = get_objective(spec.objective)
-    meta = init_model(spec, 0).to("meta")
-    reasons = [None if states is None else st.failed for st in (states or spec.seeds)]
-    alive = torch.tensor([r is None for r in reasons], device=device)
-    return _Ensemble(
-        params=params,
-        transposed=transposed,
-        optimizer=optimizer,
-        bound=_Bound(meta, objective, dict(spec.objective_options)),
-        betas=torch.tensor(spec.betas, dtype=torch.float32, device=device),
-        alive=alive,
-        fail_at=torch.full((spec.n_runs,), -1, device=device),
-        reasons=reasons,
+    resume = states is not None and states[0].iteration > 0
+    return build_ensemble(
+        dicts,
+        [st.optimizer for st in states] if resume else None,
+        meta=init_model(spec, 0).to("meta"),
+        objective=get_objective(spec.objective),
+        options=dict(spec.objective_options),
+        betas=spec.betas,
+        reasons=[None if states is None else st.failed for st in (states or spec.seeds)],
+        lr=spec.learning_rate,
+        device=device,
+        loop=_uses_loop(spec, device),
     )
 
 
-def _storage_layout(state: dict[str, torch.Tensor], n_runs: int) -> frozenset[str]:
-    """Linear weights of a vmapped group are stored transposed, (M, in, out).
-
-    vmap computes their gradient as a transposed (M, out, in) view; with this layout it
-    arrives contiguous and autograd stores it without a copy (~40 % of an mlp step on CPU).
-    """
-    if n_runs == 1:
-        return frozenset()
-    return frozenset(k for k, v in state.items() if v.dim() == 2 and k.endswith("weight"))
-
-
-def _to_storage(name: str, t: torch.Tensor, transposed: frozenset[str]) -> torch.Tensor:
-    """The model's layout (M, ...) -> storage layout (contiguous)."""
-    return t.transpose(1, 2).contiguous() if name in transposed else t
-
-
-def _load_moments(optimizer, params, states: list[RunState], device, transposed) -> None:
-    sd = optimizer.state_dict()
-    step = float(states[0].optimizer["step"])
-    for i, name in enumerate(params):
-        sd["state"][i] = {"step": torch.tensor(step)}
-        for key in ("exp_avg", "exp_avg_sq"):
-            stacked = torch.stack([s.optimizer[key][name] for s in states])  # (M, ...)
-            sd["state"][i][key] = _to_storage(name, stacked, transposed).to(device)
-    optimizer.load_state_dict(sd)
-
-
-def _own(t: torch.Tensor) -> torch.Tensor:
-    """A contiguous copy with its own storage (torch.save of a view saves the whole base)."""
-    return t.clone(memory_format=torch.contiguous_format)
-
-
-def _run_states(ens: _Ensemble, iteration: int) -> list[RunState]:
+def _run_states(ens: Ensemble, iteration: int) -> list[RunState]:
     """Per-run CPU copies of weights and Adam moments (one host sync)."""
-    fail_at = ens.fail_at.cpu().tolist()
-    for r, t in enumerate(fail_at):
+    for r, t in enumerate(ens.fail_at.cpu().tolist()):
         if t >= 0 and ens.reasons[r] is None:
             ens.reasons[r] = f"non-finite loss at iteration {t}"
-    cpu = {k: ens.model_view(k, p.detach().cpu()) for k, p in ens.params.items()}
-    moments = {
-        key: {
-            k: ens.model_view(k, ens.optimizer.state[p][key].detach().cpu())
-            if p in ens.optimizer.state
-            else torch.zeros_like(cpu[k])
-            for k, p in ens.params.items()
-        }
-        for key in ("exp_avg", "exp_avg_sq")
-    }
-    out = []
-    for r in range(len(fail_at)):
-        out.append(
-            RunState(
-                iteration=iteration,
-                model={k: _own(v[r]) for k, v in cpu.items()},
-                optimizer={
-                    "step": iteration,
-                    "exp_avg": {k: _own(v[r]) for k, v in moments["exp_avg"].items()},
-                    "exp_avg_sq": {k: _own(v[r]) for k, v in moments["exp_avg_sq"].items()},
-                },
-                failed=ens.reasons[r],
-            )
+    return [
+        RunState(
+            iteration=iteration,
+            model=model,
+            optimizer={"step": iteration, "exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq},
+            failed=ens.reasons[r],
         )
-    return out
-
-
-def _freeze_dead(ens: _Ensemble) -> None:
-    """Zero the gradients (NaN included) and Adam moments of runs that are not alive."""
-    dead_runs = ~ens.alive  # (M,)
-    for p in ens.params.values():
-        dead = dead_runs.view(-1, *([1] * (p.dim() - 1)))  # (M, 1, ...)
-        if p.grad is not None:
-            p.grad.masked_fill_(dead, 0.0)
-        state = ens.optimizer.state.get(p)
-        if state:
-            state["exp_avg"].masked_fill_(dead, 0.0)
-            state["exp_avg_sq"].masked_fill_(dead, 0.0)
-
-
-def _step(
-    ens: _Ensemble, fn: Callable, x, eps, u, t: int, autocast
-) -> tuple[list[str], torch.Tensor]:
-    """One Adam step for all models; returns the output names and their means (M, K)."""
-    with autocast():
-        out = fn(ens.model_params(), x, ens.betas, eps, u)  # {key: (M, B)}
-    values = torch.stack([v.detach().float().mean(1) for v in out.values()], 1)  # (M, K)
-    loss = out["loss"].float().mean(1)  # (M,)
-    finite = torch.isfinite(loss) & ens.alive
-    ens.fail_at.masked_fill_(ens.alive & ~finite, t)
-    ens.alive = finite
-    torch.where(finite, loss, 0.0).sum().backward()
-    # On CPU reading the mask is free (no async queue), so the masking passes are skipped
-    # while every run is alive; on CUDA they always run, to avoid a host sync per step.
-    if ens.alive.device.type != "cpu" or not bool(ens.alive.all()):
-        _freeze_dead(ens)
-    ens.optimizer.step()
-    ens.optimizer.zero_grad(set_to_none=True)
-    return list(out), torch.where(finite[:, None], values, 0.0)
+        for r, (model, exp_avg, exp_avg_sq) in enumerate(per_run_tensors(ens))
+    ]
 
 
 def _keep_freed_memory() -> None:
@@ -425,9 +281,9 @@ def train_group(
     data = _images_on_device(images, device)  # (N, 3, 32, 32) uint8
     ens = _build_ensemble(spec, device, states)
     stream = _Stream(spec.seeds, len(data), spec.batch_size, spec.latent_dim, device)
-    fn = _ensemble_fn(ens, spec.n_runs)
     bf16 = spec.precision == "bf16" and device.type == "cuda"
     autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)  # noqa: E731
+    step = make_step(ens, autocast)
     keys: list[str] = []
     acc = count = torch.zeros(0, device=device)
     bar = tqdm(
@@ -441,7 +297,7 @@ def train_group(
     for t in range(start, spec.iterations):
         idx, eps, u = stream.at(t)
         x = data[idx].float().div_(255.0)  # (M, B, 3, 32, 32)
-        keys, values = _step(ens, fn, x, eps, u, t, autocast)
+        keys, values = step(x, eps, u, t)
         if acc.numel() == 0:
             acc, count = torch.zeros_like(values), torch.zeros(spec.n_runs, device=device)
         acc += values

@@ -190,3 +190,37 @@ def test_bf16_autocast_on_cuda(images):
     out = train_group(spec, images, device="cuda", progress=False)
     assert all(s.failed is None for s in out)
     assert all(v.dtype == torch.float32 for v in out[0].model.values())  # fp32 master weights
+
+
+def test_cnn_vmap_path_equals_runs_trained_alone(images, monkeypatch):
+    """CNN groups on CPU loop over the models; the vmap path (used on CUDA) must agree too."""
+    loop = trainer._uses_loop
+    assert loop(_spec("cnn1", [1.0], [0]), torch.device("cpu"))
+    assert not loop(_spec("mlp1", [1.0], [0]), torch.device("cpu"))
+    assert not loop(_spec("cnn1", [1.0], [0]), torch.device("meta"))
+    betas, seeds = (0.1, 4.0), (3, 11)
+    solo = [_train(_spec("cnn3", [b], [s]), images)[0] for b, s in zip(betas, seeds, strict=True)]
+    monkeypatch.setattr(trainer, "_uses_loop", lambda spec, device: False)
+    group = _train(_spec("cnn3", betas, seeds), images)
+    for a, b in zip(group, solo, strict=True):
+        _assert_same_models(a, b)
+
+
+def test_cnn_loop_path_freezes_a_diverged_run(images):
+    spec = _spec("cnn1", (1.0, 1.0, 2.0), (0, 1, 2), iterations=8)
+    start = [RunState(0, init_model(spec, s).state_dict(), {}) for s in spec.seeds]
+    bad = start[1].model["encoder.3.bias"]
+    bad[spec.latent_dim :] = 200.0  # log-variance 200: exp overflows, the rate is inf
+    frozen_at = {k: v.clone() for k, v in start[1].model.items()}
+    rows = []
+    out = _train(spec, images, states=start, on_log=lambda it, r: rows.append(r))
+    assert out[1].failed == "non-finite loss at iteration 0"
+    for k, v in frozen_at.items():
+        assert torch.equal(out[1].model[k], v), k
+        assert not out[1].optimizer["exp_avg"][k].any(), k
+    for r in (0, 2):
+        assert out[r].failed is None
+        _assert_same_models(
+            out[r], _train(_spec("cnn1", [spec.betas[r]], [r], iterations=8), images)[0]
+        )
+    assert np.isnan(rows[0][1]["loss"]) and np.isfinite(rows[0][0]["loss"])
