@@ -58,22 +58,6 @@ def register_bench_train(benches: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_lazy.handler("benchmark.bench:main"))
 
 
-def _device(name: str) -> torch.device:
-    import torch
-
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise InputError(f"unknown device {name!r}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"device {name!r} requested but CUDA is not available")
-    if device.type not in ("cpu", "cuda"):
-        raise InputError(f"device must be cpu or cuda[:N], got {name!r}")
-    return device
-
-
 def device_name(device: torch.device) -> str:
     """GPU name, or the CPU model from /proc/cpuinfo (with the thread count)."""
     import torch
@@ -279,9 +263,10 @@ def main(args: argparse.Namespace) -> int:
     import torch
 
     from benchmark.trainer import _setup_device
+    from rdbench.device import resolve_device
 
     _validate(args)
-    device = _setup_device(_device(args.device))
+    device = _setup_device(resolve_device(args.device))
     sizes, steps, warmup, repeats = _defaults(args, device)
     images = np.random.default_rng(0).integers(0, 256, (4096, 32, 32, 3), dtype=np.uint8)
     peak = matmul_peak(device)

@@ -18,3 +18,17 @@ def tiny_dataset(tmp_path_factory):
 
     out = tmp_path_factory.mktemp("tetrominoes") / "tiny"
     return generate(out, seed=0, workers=1, progress=False, _grid=TINY_GRID)
+
+
+# --- torch -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread: tiny ops on a shared 2-core machine are ~20× faster this way."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

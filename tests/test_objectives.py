@@ -15,14 +15,7 @@ from benchmark.objectives import (
 )
 from rdbench.io import InputError
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: tiny ops on a shared 2-core machine are ~20× faster this way."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class _Fixed(torch.nn.Module):

@@ -9,14 +9,7 @@ import torch
 from benchmark import models, trainer
 from benchmark.trainer import GroupSpec, RunState, init_model, train_group
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: tiny ops on a shared 2-core machine are ~20× faster this way."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(autouse=True)
