@@ -462,21 +462,6 @@ def true_decoder_trials(config: UniquenessConfig, nonlinearity: str,
 TRIAL_COLUMNS = ("nonlinearity", "covariance", "iterations", "trial", "elbo", "angle_deg")
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> CUDA if available, else CPU; anything unusable is an InputError."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise InputError(f"unknown device: {name!r} (use auto, cpu, cuda, cuda:N)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"device {name!r} requested but CUDA is not available")
-    if device.type not in ("cpu", "cuda"):
-        raise InputError(f"unsupported device: {name!r} (use auto, cpu, cuda, cuda:N)")
-    return device
-
-
 def make_config(quick: bool, seed: int) -> UniquenessConfig:
     """The paper's schedule (420 trials per ν and Σ), or the quick one."""
     if seed < 0:
@@ -491,6 +476,8 @@ def main(args: argparse.Namespace) -> int:
 
     check_output_dir(args.out, args.force)
     config = make_config(args.quick, getattr(args, "seed", 0))
+    from rdbench.device import resolve_device
+
     device = resolve_device(args.device)
     # Tensors are small (≤ a few MB): intra-op threads only add contention on a shared CPU.
     torch.set_num_threads(1)
