@@ -10,7 +10,8 @@ on its split's train set and test set, per example in nats, averaged over the se
   :func:`analysis.estimators.rate_decomposition` on all the set's encodings
   (``--mi-batch B`` or ``exact``);
 - ``log_px`` from :func:`analysis.estimators.importance_log_px` (K = ``--iwae-samples``) on a
-  seeded subset of ``--iwae-subset`` examples (0 = all; ``log_px_n`` says how many).
+  seeded subset of ``--iwae-subset`` examples (0 = all; ``log_px_n`` says how many, and
+  ``log_px_elbo`` is the ELBO on exactly those examples, the like-for-like lower bound).
 
 ``--max-examples N`` evaluates a seeded subset of at most N examples per set instead of all
 of it (``n`` = examples used, ``set_size`` = the whole set). The minibatch estimator then
@@ -272,12 +273,13 @@ def evaluate_set(group: ModelGroup, images: np.ndarray, rows: np.ndarray, set_na
         log_px = _log_px(group, m, x_sub, post, subset, settings, _generator(run_id, set_name,
                                                                               "iwae"))
         d, r = enc["distortion"][m].mean().item(), enc["rate"][m].mean().item()
+        elbo_sub = -(enc["distortion"][m][subset] + enc["rate"][m][subset]).mean().item()
         results.append({"n": len(rows), "set_size": set_size, "distortion": d, "rate": r,
                         "elbo": -(d + r),
                         "mutual_information": decomposition["mutual_information"],
                         "marginal_kl": decomposition["marginal_kl"],
                         "rate_mc": decomposition["rate"], "log_px": log_px,
-                        "log_px_n": len(subset)})
+                        "log_px_n": len(subset), "log_px_elbo": elbo_sub})
     return results
 
 
