@@ -15,8 +15,8 @@ from pathlib import Path
 from rdbench.io import InputError, atomic_write_text, check_output_dir
 
 # Estimator settings sized for a 2-core CPU; `rdbench evaluate` defaults are the paper's.
-EVALUATE_ARGS = ["--iwae-samples", "50", "--iwae-subset", "100", "--nn-subset", "1000",
-                 "--max-examples", "2048"]
+EVALUATE_ARGS = ["--iwae-samples", "100", "--iwae-subset", "300", "--nn-subset", "2000",
+                 "--max-examples", "4096"]
 
 
 def demo_grid_text(dataset: Path) -> str:
