@@ -15,7 +15,6 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from matplotlib.lines import Line2D
-from matplotlib.ticker import FuncFormatter
 
 from analysis.figures_rd import (
     comparison_splits,
@@ -37,6 +36,7 @@ from analysis.plot_style import (
     SET_STYLES,
     FigureResult,
     Skipped,
+    beta_axis,
     color,
     figure,
     safe_name,
@@ -90,10 +90,8 @@ def plot_mi_kl(summary: pd.DataFrame, split: str, architecture: str, stem: Path)
                             **SET_STYLES[set_name])
     _log_n_lines(axes[0][0], rows)
     for ax, title in zip(axes[0], ("$\\hat I(x;z)$", "KL$(q(z)\\,\\|\\,p(z))$"), strict=True):
-        ax.set_xscale("log")
-        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        beta_axis(ax, rows["beta"])
         ax.axvline(1.0, color="0.7", linewidth=0.8, zorder=0)
-        ax.set_xlabel("β")
         ax.set_ylabel(f"{title} (nats)")
         ax.set_title(title)
     extra = [Line2D([], [], color="0.35", linewidth=0.9, linestyle="-.", label="log $N_{train}$"),

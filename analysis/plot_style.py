@@ -11,6 +11,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -93,3 +94,15 @@ def short_count(n: float) -> str:
     if n != n:  # NaN
         return "?"
     return f"{round(n / 1000)}k" if n >= 1000 else f"{int(n)}"
+
+
+def beta_axis(ax: Any, betas: Any) -> None:
+    """A log-scaled β axis with a tick at every β of the data, labelled plainly (0.3, 1, 3)."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
+
+    ticks = sorted({float(b) for b in betas})
+    ax.set_xscale("log")
+    ax.xaxis.set_major_locator(FixedLocator(ticks))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlabel("β")

@@ -132,7 +132,7 @@ def load_run_model(run_dir: Path, device: torch.device) -> Any:
 def plot_vs_beta(table: Any, metrics: list[str], stem: Path, labels: dict[str, str]) -> list[Path]:
     """Panels (split rows × metric columns) of metric vs β (log axis), mean ± std over seeds;
     colour = posterior block size, line style = architecture. PNG + PDF at ``stem``."""
-    from analysis.plot_style import LINESTYLES, MARKERS, color, figure, save, styled
+    from analysis.plot_style import LINESTYLES, MARKERS, beta_axis, color, figure, save, styled
 
     @styled
     def draw() -> list[Path]:
@@ -152,8 +152,7 @@ def plot_vs_beta(table: Any, metrics: list[str], stem: Path, labels: dict[str, s
                                 marker=MARKERS[i % len(MARKERS)],
                                 linestyle=LINESTYLES[j % len(LINESTYLES)],
                                 label=f"{arch}, b={b}" if (r, c) == (0, 0) else None)
-                ax.set_xscale("log")
-                ax.set_xlabel("β")
+                beta_axis(ax, table["beta"])
                 ax.set_ylabel(labels.get(metric, metric))
                 ax.set_title(f"split {split}", fontsize=8)
         fig.legend(loc="outside lower center", ncol=min(4, len(blocks) * len(archs)))

@@ -138,7 +138,7 @@ _CURVES = (("beta_vae", "β-VAE (Monte Carlo)", "-"), ("taylor", "Taylor (eq. 7)
 def plot_objectives(table: pd.DataFrame, stem) -> list:
     """Top row: the three objectives vs β per split × architecture × block size (their Fig. 3);
     bottom row: their differences to the β-VAE objective. Mean ± std over seeds."""
-    from analysis.plot_style import MARKERS, color, figure, save, styled
+    from analysis.plot_style import MARKERS, beta_axis, color, figure, save, styled
 
     @styled
     def draw():
@@ -159,8 +159,7 @@ def plot_objectives(table: pd.DataFrame, stem) -> list:
             axes[1, c].set_ylabel("minus β-VAE objective [nats]")
             axes[1, c].axhline(0.0, color="0.5", linewidth=0.6)
             for r in (0, 1):
-                axes[r, c].set_xscale("log")
-                axes[r, c].set_xlabel("β")
+                beta_axis(axes[r, c], g["beta"])
         fig.legend(loc="outside lower center", ncol=3)
         return save(fig, stem)
 
