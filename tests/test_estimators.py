@@ -306,12 +306,13 @@ def test_cuda_matches_cpu() -> None:
     mu, lv = torch.randn(3000, 4, generator=_gen(20)), torch.randn(3000, 4, generator=_gen(21))
     for batch_size in (None, 256):
         cpu = rate_decomposition(mu, lv, batch_size=batch_size, generator=_gen(1))
-        gpu = rate_decomposition(mu.cuda(), lv.cuda(), batch_size=batch_size, generator=_gen(1))
+        gpu = rate_decomposition(mu.to("cuda"), lv.to("cuda"), batch_size=batch_size,
+                                 generator=_gen(1))
         for key in cpu:
             assert gpu[key] == pytest.approx(cpu[key], abs=1e-8)
     test, train = torch.rand(50, 12, generator=_gen(22)), torch.rand(400, 12, generator=_gen(23))
     d_cpu, i_cpu = nearest_neighbour_distances(test, train, chunk_size=64)
-    d_gpu, i_gpu = nearest_neighbour_distances(test.cuda(), train.cuda(), chunk_size=64)
+    d_gpu, i_gpu = nearest_neighbour_distances(test.to("cuda"), train.to("cuda"), chunk_size=64)
     assert torch.equal(i_cpu, i_gpu) and torch.allclose(d_cpu, d_gpu)
 
 
