@@ -86,6 +86,15 @@ def all_objectives() -> dict[str, Objective]:
     return merged
 
 
+def build_objective_model(objective: str, architecture: str, latent_dim: int,
+                          options: dict) -> torch.nn.Module:
+    """The model ``objective`` trains: ``build_model`` with the encoder head it needs."""
+    from benchmark.models import build_model
+
+    n_params = get_objective(objective).posterior_params(latent_dim, options)
+    return build_model(architecture, latent_dim=latent_dim, posterior_params=n_params)
+
+
 def objective_names() -> tuple[str, ...]:
     """Names of every registered objective, sorted."""
     return tuple(sorted(all_objectives()))

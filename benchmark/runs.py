@@ -93,7 +93,7 @@ def write_history(run_dir: Path, rows: list[dict[str, float]]) -> None:
 def save_checkpoint(run_dir: Path, state: Any, history: list[dict[str, float]]) -> None:
     """Persist a :class:`~benchmark.trainer.RunState` and the history up to its iteration."""
     write_history(run_dir, history)
-    atomic_torch_save(run_dir / "checkpoint.pt", _state_dict(state))
+    atomic_torch_save(run_dir / "checkpoint.pt", state.to_dict())
     write_status(run_dir, "running", state.iteration)
 
 
@@ -110,7 +110,7 @@ def load_checkpoint(run_dir: Path) -> Any | None:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # a torn file cannot happen (atomic), a foreign one can
         raise InputError(f"unreadable checkpoint {path}: {e}") from None
-    return RunState(**payload)
+    return RunState.from_dict(payload)
 
 
 def finish_run(run_dir: Path, state: Any, history: list[dict[str, float]]) -> str:
@@ -127,8 +127,7 @@ def load_model(run_dir: str | Path, device: Any = "cpu") -> Any:
     """The trained model of a run (``weights_only=True``), in eval mode, on ``device``."""
     import torch
 
-    from benchmark.models import build_model
-    from benchmark.objectives import get_objective
+    from benchmark.objectives import build_objective_model
 
     run_dir = Path(run_dir)
     config = read_config(run_dir)
@@ -136,15 +135,8 @@ def load_model(run_dir: str | Path, device: Any = "cpu") -> Any:
     if not path.exists():
         raise InputError(f"run {run_dir.name} has no model.pt (status: "
                          f"{read_status(run_dir)['status']})")
-    objective = get_objective(config["objective"])
-    params = objective.posterior_params(config["latent_dim"], config["objective_options"])
-    model = build_model(config["architecture"], latent_dim=config["latent_dim"],
-                        posterior_params=params)
+    model = build_objective_model(config["objective"], config["architecture"],
+                                  config["latent_dim"], config["objective_options"])
     model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     return model.to(device).eval()
 
-
-def _state_dict(state: Any) -> dict[str, Any]:
-    from dataclasses import fields
-
-    return {f.name: getattr(state, f.name) for f in fields(state)}

@@ -103,12 +103,10 @@ def _flops_per_iteration(arch: str, objective: str, options: dict, grid: GridCon
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from benchmark.models import build_model
-    from benchmark.objectives import get_objective
+    from benchmark.objectives import build_objective_model, get_objective
 
     obj = get_objective(objective)
-    model = build_model(arch, latent_dim=grid.latent_dim,
-                        posterior_params=obj.posterior_params(grid.latent_dim, options))
+    model = build_objective_model(objective, arch, grid.latent_dim, options)
     b, d = grid.batch_size, grid.latent_dim
     x = torch.rand(b, 3, 32, 32)
     noise = {"eps": torch.randn(b, d), "u": torch.rand(b)}

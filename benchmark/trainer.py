@@ -42,8 +42,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from benchmark.ensemble import Ensemble, build_ensemble, make_step, per_run_tensors
-from benchmark.models import ARCHITECTURES, build_model
-from benchmark.objectives import get_objective
+from benchmark.models import ARCHITECTURES
+from benchmark.objectives import build_objective_model, get_objective
 from rdbench.io import InputError
 
 CHUNK = 100  # iterations of minibatch indices and noise drawn at once per run
@@ -117,11 +117,10 @@ def _mix(*parts: object) -> int:
 
 def init_model(spec: GroupSpec, seed: int) -> nn.Module:
     """The initial model of the run with ``seed`` (independent of the global RNG state)."""
-    objective = get_objective(spec.objective)
-    n_params = objective.posterior_params(spec.latent_dim, spec.objective_options)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(_mix(seed, "init"))
-        return build_model(spec.architecture, latent_dim=spec.latent_dim, posterior_params=n_params)
+        return build_objective_model(spec.objective, spec.architecture, spec.latent_dim,
+                                     spec.objective_options)
 
 
 def draw_chunk(
