@@ -170,9 +170,11 @@ def _dataset_blocks(data: object, note: str | None, splits: list[str], out: Path
 
 
 def _dataset_path(runs_dir: Path) -> str | None:
-    for config in sorted(runs_dir.glob("*/config.json")):
+    from benchmark.runs import find_runs
+
+    for run_dir in find_runs(runs_dir):
         try:
-            dataset = json.loads(config.read_text()).get("dataset")
+            dataset = json.loads((run_dir / "config.json").read_text()).get("dataset")
         except (OSError, ValueError):
             continue
         if dataset:

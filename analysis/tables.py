@@ -51,7 +51,9 @@ def _read_json(path: Path) -> dict | None:
 
 
 def _run_dirs(runs_dir: Path) -> list[Path]:
-    return sorted(p.parent for p in runs_dir.glob("*/config.json"))
+    from benchmark.runs import find_runs
+
+    return find_runs(runs_dir)
 
 
 def _run_rows(run_dir: Path) -> list[dict]:
