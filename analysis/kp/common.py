@@ -94,14 +94,13 @@ def held_out_images(config: dict, n: int, seed: int = 0) -> Tensor:
 def encoder_posterior(model: Any, config: dict, x: Tensor) -> tuple[Tensor, Tensor]:
     """The encoder's q(z|x) = N(μ, LLᵀ): μ (B, d), L (B, d, d) lower-triangular.
 
-    Mean-field runs: L = diag(exp(½ log σ²)); block-diagonal runs: benchmark.implicit's factor.
+    Mean-field runs: L = diag(exp(½ log σ²)); others: their registered posterior (the same
+    one ``rdbench evaluate`` uses).
     """
-    from benchmark.implicit import block_scale_tril
+    from analysis.evaluate import posterior
 
-    mu, params = model.encode(x)
-    if config["objective"] == "beta_vae":
-        return mu, torch.diag_embed(torch.exp(0.5 * params))
-    return mu, block_scale_tril(params, mu.shape[-1], block_size(config))
+    mu, logvar, scale_tril = posterior(config, model, x)
+    return mu, torch.diag_embed(torch.exp(0.5 * logvar)) if scale_tril is None else scale_tril
 
 
 def posterior_and_curvature(model: Any, config: dict, x: Tensor,
@@ -122,11 +121,6 @@ def posterior_and_curvature(model: Any, config: dict, x: Tensor,
                 parts[key].append(value.double().cpu())
     return {key: torch.cat(values) for key, values in parts.items()}
 
-
-def load_run_model(run_dir: Path, device: torch.device) -> Any:
-    from benchmark.runs import load_model
-
-    return load_model(run_dir, device=device)
 
 
 def plot_vs_beta(table: Any, metrics: list[str], stem: Path, labels: dict[str, str]) -> list[Path]:

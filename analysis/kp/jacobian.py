@@ -33,6 +33,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from analysis.kp import common
+from benchmark.runs import load_model
 from rdbench.device import resolve_device
 from rdbench.io import InputError, atomic_write, atomic_write_text, staged_directory
 
@@ -112,7 +113,7 @@ def main(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     rows, matrices = [], {}
     for run_dir, config in tqdm(runs, desc="kp jacobian", disable=None):
-        model = common.load_run_model(run_dir, device)
+        model = load_model(run_dir, device=device)
         x = common.held_out_images(config, args.examples).to(device)
         stats = common.posterior_and_curvature(model, config, x)
         rows.append({**common.identity(config), "n": len(x),

@@ -28,6 +28,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from analysis.kp import common
+from benchmark.runs import load_model
 from rdbench.device import resolve_device
 from rdbench.io import InputError, atomic_write_text, staged_directory
 
@@ -119,7 +120,7 @@ def main(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     rows = []
     for run_dir, config in tqdm(runs, desc="kp objectives", disable=None):
-        model = common.load_run_model(run_dir, device)
+        model = load_model(run_dir, device=device)
         x = common.held_out_images(config, args.examples).to(device)
         rows.append(evaluate_run(model, config, x, args.samples))
     table = pd.DataFrame(rows)
