@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import hashlib
 import json
 from collections import defaultdict
 from collections.abc import Callable
@@ -52,6 +51,7 @@ from tqdm import tqdm
 
 from analysis import estimators as est
 from rdbench.io import InputError, atomic_write, atomic_write_json
+from rdbench.seeding import derive_seed
 
 SETS = ("train", "test")
 
@@ -355,20 +355,15 @@ def ensure_neighbours(runs_dir: Path, data: Any, split_name: str, settings: Eval
 
 # --- helpers -----------------------------------------------------------------------------
 
-def _seed(*parts: object) -> int:
-    return int.from_bytes(hashlib.blake2b(repr(parts).encode(), digest_size=8).digest(),
-                          "little") >> 1
-
-
 def _generator(*parts: object) -> torch.Generator:
-    return torch.Generator().manual_seed(_seed(*parts))
+    return torch.Generator().manual_seed(derive_seed(*parts))
 
 
 def _subset(n: int, size: int, key: tuple) -> np.ndarray:
     """Sorted positions of a seeded subset of ``size`` of range(n) (0 or ≥ n: all)."""
     if size == 0 or size >= n:
         return np.arange(n)
-    return np.sort(np.random.default_rng(_seed(*key)).choice(n, size=size, replace=False))
+    return np.sort(np.random.default_rng(derive_seed(*key)).choice(n, size=size, replace=False))
 
 
 def _as_uint8(images: np.ndarray, device: torch.device) -> Tensor:

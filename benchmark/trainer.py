@@ -9,10 +9,10 @@ groups on CPU, which run model after model on views of the stack (faster there: 
 locality and plain oneDNN convolutions; see ``benchmark/ensemble.py``).
 
 Randomness is counter-based and per run, so a run never depends on its group:
-- initialisation of run r: the global RNG seeded with ``_mix(seed_r, "init")``;
+- initialisation of run r: the global RNG seeded with ``derive_seed(seed_r, "init")``;
 - minibatch indices (with replacement), ``eps`` (B, d) and ``u`` (B,) of iteration t:
   drawn in chunks of ``CHUNK`` iterations from a generator seeded with
-  ``_mix(seed_r, "data", t // CHUNK)`` on the training device.
+  ``derive_seed(seed_r, "data", t // CHUNK)`` on the training device.
 Resuming at iteration t therefore needs nothing but t (and the weights and Adam moments).
 Streams are reproducible per device type (CPU and CUDA generators differ).
 
@@ -31,7 +31,6 @@ vmap; CNNs on CPU loop over the models (above); on CUDA TF32 is on and
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -45,6 +44,7 @@ from benchmark.ensemble import Ensemble, build_ensemble, make_step, per_run_tens
 from benchmark.models import ARCHITECTURES
 from benchmark.objectives import build_objective_model, get_objective
 from rdbench.io import InputError
+from rdbench.seeding import derive_seed
 
 CHUNK = 100  # iterations of minibatch indices and noise drawn at once per run
 PRECISIONS = ("fp32", "bf16")
@@ -109,16 +109,10 @@ class RunState:
         return cls(int(d["iteration"]), d["model"], d["optimizer"], d.get("failed"))
 
 
-def _mix(*parts: object) -> int:
-    """A 63-bit seed from any parts (stable across processes, unlike ``hash``)."""
-    digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") >> 1
-
-
 def init_model(spec: GroupSpec, seed: int) -> nn.Module:
     """The initial model of the run with ``seed`` (independent of the global RNG state)."""
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(_mix(seed, "init"))
+        torch.manual_seed(derive_seed(seed, "init"))
         return build_objective_model(spec.objective, spec.architecture, spec.latent_dim,
                                      spec.objective_options)
 
@@ -128,7 +122,7 @@ def draw_chunk(
 ) -> tuple[torch.Tensor, ...]:
     """Indices (CHUNK, B), eps (CHUNK, B, d), u (CHUNK, B) of iterations chunk·CHUNK + k."""
     g = torch.Generator(device=device)
-    g.manual_seed(_mix(seed, "data", chunk))
+    g.manual_seed(derive_seed(seed, "data", chunk))
     idx = torch.randint(n, (CHUNK, batch), generator=g, device=device)
     eps = torch.randn(CHUNK, batch, latent_dim, generator=g, device=device)
     u = torch.rand(CHUNK, batch, generator=g, device=device)
