@@ -10,6 +10,13 @@ model-iteration = 3 (forward + backward) × 2 × forward MACs × batch, counted 
 (fp32, TF32 allowed on CUDA as in the trainer). The paper grid projection (SPEC §4: 12 β ×
 5 seeds × 257,000 iterations × 19 splits per architecture) assumes groups of 60 at the
 throughput of the largest measured group.
+
+``mfu_ceiling`` is a roofline bound on the MFU: every step must at least move each
+parameter's bytes ``PARAM_PASSES`` times (forward read, input-gradient read, gradient write,
+and fused Adam's 4 reads + 3 writes of weight, gradient and two moments), so a
+model-iteration takes at least max(FLOPs / peak, bytes / bandwidth), with the bandwidth
+measured by a device-to-device copy. At batch 128 Adam's traffic bounds small models well
+below the matmul peak whatever the kernels do; ``--batch`` shows the MFU where it does not.
 """
 
 from __future__ import annotations
@@ -29,7 +36,8 @@ if TYPE_CHECKING:  # torch is imported only when the benchmark runs (fast ``rdbe
 
 ARCHITECTURES = ("mlp1", "mlp3", "cnn1", "cnn3")  # == benchmark.models.ARCHITECTURES
 
-BATCH = 128
+BATCH = 128  # the paper's; --batch changes it for one benchmark run
+PARAM_PASSES = 10  # 4-byte passes over each parameter per step (see the module docstring)
 PAPER_MODEL_ITERATIONS = 12 * 5 * 257_000 * 19  # per architecture: β × seeds × its × splits
 
 
@@ -53,6 +61,7 @@ def register_bench_train(benches: argparse._SubParsersAction) -> None:
         help="group sizes (default 1 4 12 on CPU, 1 4 12 60 on CUDA)",
     )
     p.add_argument("--steps", type=int, default=None, help="timed steps per measurement")
+    p.add_argument("--batch", type=int, default=BATCH, help=f"minibatch size (default {BATCH})")
     p.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     p.add_argument("--quick", action="store_true", help="few steps, small groups (smoke run)")
     p.set_defaults(handler=_lazy.handler("benchmark.bench:main"))
@@ -104,8 +113,32 @@ def matmul_peak(device: torch.device, n: int | None = None, repeats: int = 5) ->
     return 2 * n**3 / best
 
 
+def copy_bandwidth(device: torch.device, n_bytes: int | None = None, repeats: int = 5) -> float:
+    """Measured bytes/s of a device-to-device copy (bytes read + bytes written)."""
+    import torch
+
+    n_bytes = n_bytes or (2 << 30 if device.type == "cuda" else 256 << 20)
+    src = torch.empty(n_bytes // 4, device=device).uniform_()
+    dst = torch.empty_like(src)
+    dst.copy_(src)  # warm-up
+    _sync(device)
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        dst.copy_(src)
+        _sync(device)
+        best = min(best, time.perf_counter() - t)
+    return 2 * n_bytes / best
+
+
 def time_vectorised(
-    arch: str, m: int, steps: int, warmup: int, images: np.ndarray, device: torch.device
+    arch: str,
+    m: int,
+    steps: int,
+    warmup: int,
+    images: np.ndarray,
+    device: torch.device,
+    batch: int = BATCH,
 ) -> float:
     """Seconds for ``steps`` iterations of a group of m models, after ``warmup`` iterations."""
     from benchmark.trainer import GroupSpec, train_group
@@ -122,7 +155,7 @@ def time_vectorised(
         _betas(m),
         tuple(range(m)),
         warmup + steps,
-        BATCH,
+        batch,
         1e-3,
         log_every=warmup,
         checkpoint_every=warmup + steps,
@@ -132,7 +165,13 @@ def time_vectorised(
 
 
 def time_loop(
-    arch: str, m: int, steps: int, warmup: int, images: np.ndarray, device: torch.device
+    arch: str,
+    m: int,
+    steps: int,
+    warmup: int,
+    images: np.ndarray,
+    device: torch.device,
+    batch: int = BATCH,
 ) -> float:
     """Seconds for ``steps`` iterations of m plain models trained one after the other."""
     import torch
@@ -140,7 +179,7 @@ def time_loop(
     from benchmark.objectives import beta_vae
     from benchmark.trainer import GroupSpec, init_model
 
-    spec = GroupSpec(arch, "beta_vae", {}, (1.0,), (0,), 1, BATCH, 1e-3, 1, 1)
+    spec = GroupSpec(arch, "beta_vae", {}, (1.0,), (0,), 1, batch, 1e-3, 1, 1)
     nets = [init_model(spec, s).to(device) for s in range(m)]
     opts = [torch.optim.Adam(net.parameters(), lr=1e-3) for net in nets]
     betas = [torch.tensor(b, device=device) for b in _betas(m)]
@@ -151,10 +190,10 @@ def time_loop(
             _sync(device)
             t0 = time.perf_counter()
         for net, opt, beta in zip(nets, opts, betas, strict=True):
-            x = data[torch.randint(len(data), (BATCH,), device=device)].float() / 255
+            x = data[torch.randint(len(data), (batch,), device=device)].float() / 255
             noise = {
-                "eps": torch.randn(BATCH, 10, device=device),
-                "u": torch.rand(BATCH, device=device),
+                "eps": torch.randn(batch, 10, device=device),
+                "u": torch.rand(batch, device=device),
             }
             beta_vae.loss(net, x, beta, noise, {})["loss"].mean().backward()
             opt.step()
@@ -167,8 +206,8 @@ def _defaults(args: argparse.Namespace, device: torch.device) -> tuple[list[int]
     """Group sizes, timed steps, warm-up steps and repeats for this device and mode."""
     gpu = device.type == "cuda"
     sizes = args.models or ([1, 4] if args.quick else [1, 4, 12, 60] if gpu else [1, 4, 12])
-    steps = args.steps or (2 if args.quick else 20 if gpu else 4)
-    warmup = 1 if args.quick else 5 if gpu else 2
+    steps = args.steps or (2 if args.quick else 50 if gpu else 4)
+    warmup = 1 if args.quick else 10 if gpu else 2
     repeats = 1 if args.quick else 2
     return sizes, steps, warmup, repeats
 
@@ -181,6 +220,8 @@ def _validate(args: argparse.Namespace) -> None:
         raise InputError("--models: group sizes must be >= 1")
     if args.steps is not None and args.steps < 1:
         raise InputError("--steps must be >= 1")
+    if getattr(args, "batch", BATCH) < 1:
+        raise InputError("--batch must be >= 1")
     if args.out is not None and args.out.is_dir():
         raise InputError(f"--out {args.out} is a directory; give a .json file")
 
@@ -194,20 +235,25 @@ def measure(
     device: torch.device,
     peak: float,
     repeats: int = 1,
+    batch: int = BATCH,
+    bandwidth: float | None = None,
 ) -> dict:
     """One row: model-iterations/s of both trainers (best of ``repeats``, interleaved)."""
-    from benchmark.models import forward_macs
+    from benchmark.models import build_model, count_parameters, forward_macs
 
-    flops = 6 * forward_macs(arch) * BATCH  # per model-iteration
+    flops = 6 * forward_macs(arch) * batch  # per model-iteration
+    param_bytes = PARAM_PASSES * 4 * count_parameters(build_model(arch))
     vec = loop = 0.0
     for _ in range(repeats):  # interleaved so that a noisy neighbour hits both alike
-        vec = max(vec, m * steps / time_vectorised(arch, m, steps, warmup, images, device))
-        loop = max(loop, m * steps / time_loop(arch, m, steps, warmup, images, device))
+        t_vec = time_vectorised(arch, m, steps, warmup, images, device, batch)
+        vec = max(vec, m * steps / t_vec)
+        loop = max(loop, m * steps / time_loop(arch, m, steps, warmup, images, device, batch))
+    floor = max(flops / peak, param_bytes / bandwidth) if bandwidth else flops / peak
     return {
         "architecture": arch,
         "models": m,
         "steps": steps,
-        "batch": BATCH,
+        "batch": batch,
         "repeats": repeats,
         "vectorised_its": vec,
         "loop_its": loop,
@@ -217,6 +263,8 @@ def measure(
         "loop_tflops": loop * flops / 1e12,
         "vectorised_mfu": vec * flops / peak,
         "loop_mfu": loop * flops / peak,
+        "param_bytes_per_model_it": param_bytes,
+        "mfu_ceiling": flops / floor / peak,
     }
 
 
@@ -235,18 +283,24 @@ def projection(rows: list[dict]) -> dict:
 
 def markdown(result: dict) -> str:
     """The README table of a result."""
+    bw = result.get("bandwidth_gbs")
     lines = [
         f"Device: {result['device_name']}; peak dense matmul "
-        f"{result['peak_tflops']:.2f} TFLOP/s; batch {BATCH}.",
+        f"{result['peak_tflops']:.2f} TFLOP/s"
+        + (f", copy bandwidth {bw:,.0f} GB/s" if bw else "")
+        + f"; batch {result['rows'][0]['batch'] if result['rows'] else BATCH}.",
         "",
-        "| arch | M | vectorised it/s | loop it/s | speed-up | vec TFLOP/s | vec MFU |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| arch | M | vectorised it/s | loop it/s | speed-up | vec TFLOP/s | vec MFU "
+        "| MFU ceiling |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in result["rows"]:
+        ceiling = r.get("mfu_ceiling")
         lines.append(
             f"| {r['architecture']} | {r['models']} | {r['vectorised_its']:.1f} | "
             f"{r['loop_its']:.1f} | {r['speedup']:.2f}× | "
-            f"{r['vectorised_tflops']:.3f} | {100 * r['vectorised_mfu']:.1f} % |"
+            f"{r['vectorised_tflops']:.3f} | {100 * r['vectorised_mfu']:.1f} % | "
+            + (f"{100 * ceiling:.0f} % |" if ceiling is not None else "– |")
         )
     proj = result["projection"]
     parts = ", ".join(f"{a} {h:,.0f} h" for a, h in proj["hours"].items())
@@ -270,10 +324,14 @@ def main(args: argparse.Namespace) -> int:
     sizes, steps, warmup, repeats = _defaults(args, device)
     images = np.random.default_rng(0).integers(0, 256, (4096, 32, 32, 3), dtype=np.uint8)
     peak = matmul_peak(device)
+    bandwidth = copy_bandwidth(device)
+    batch = getattr(args, "batch", BATCH)
     rows = []
     for arch in args.architectures:
         for m in sizes:
-            rows.append(measure(arch, m, steps, warmup, images, device, peak, repeats))
+            rows.append(
+                measure(arch, m, steps, warmup, images, device, peak, repeats, batch, bandwidth)
+            )
             r = rows[-1]
             print(
                 f"{arch} M={m}: vectorised {r['vectorised_its']:.1f} it/s, "
@@ -287,14 +345,19 @@ def main(args: argparse.Namespace) -> int:
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "peak_tflops": peak / 1e12,
+        "bandwidth_gbs": bandwidth / 1e9,
         "rows": rows,
         "projection": projection(rows),
     }
     # a noisy neighbour can only make the peak look lower: take the best of two readings
     result["peak_tflops"] = max(peak, matmul_peak(device)) / 1e12
+    peak = result["peak_tflops"] * 1e12
     for r in rows:
         r["vectorised_mfu"] = r["vectorised_tflops"] / result["peak_tflops"]
         r["loop_mfu"] = r["loop_tflops"] / result["peak_tflops"]
+        flops = r["flops_per_model_it"]
+        floor = max(flops / peak, r["param_bytes_per_model_it"] / bandwidth)
+        r["mfu_ceiling"] = flops / floor / peak
     print(markdown(result))
     if args.out is not None:
         atomic_write_json(args.out, result)
