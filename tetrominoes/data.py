@@ -107,7 +107,7 @@ def _read_images(path: Path, n: int) -> np.ndarray:
 
 def _read_factors(path: Path, n: int) -> pd.DataFrame:
     try:
-        factors = pd.read_csv(path, dtype="float64")
+        factors = pd.read_csv(path, dtype="float64", float_precision="round_trip")
     except FileNotFoundError:
         raise InputError(f"missing file: {path}") from None
     except (ValueError, pd.errors.ParserError, UnicodeDecodeError) as e:
