@@ -85,6 +85,9 @@ def _register_kp(commands: argparse._SubParsersAction) -> None:
     q.add_argument("--out", required=True, help="output directory")
     q.add_argument("--quick", action="store_true", help="fewer trials; minutes on a CPU")
     q.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    q.add_argument("--orientations", type=float, nargs="?", const=7.5, default=None,
+                   metavar="STEP", help="instead: diagonal-Σ sweep of W's orientation over "
+                   "[0°, 90°) every STEP degrees (default 7.5)")
     q.add_argument("--device", default="auto")
     q.add_argument("--force", action="store_true")
     q.set_defaults(handler=handler("analysis.kp.uniqueness:main"))

@@ -33,7 +33,8 @@ different inits on one data set agree to < 0.01° and reach the full-Σ optimum'
 only for ν = identity is it the true axes. For a saturating ν the linear-Gaussian encoder
 cannot represent the posterior, the ELBO optimum is not the generating model (the ELBO at
 A = W, b = 0 with its best encoder is lower), and the mean-field axes are those of the
-learned decoder, rotated from W's by a data-set-dependent angle.
+learned decoder, rotated from W's by an angle set by W's orientation (``orientation_sweep``:
+≈ 0 for every ν only at 45°, where swapping x₁ ↔ x₂ is a symmetry; up to ~30° elsewhere).
 """
 
 from __future__ import annotations
@@ -97,13 +98,24 @@ def random_orthogonal(generator: torch.Generator) -> torch.Tensor:
 def random_rotation(generator: torch.Generator) -> torch.Tensor:
     """A uniformly random 2×2 rotation R(α), α ~ U[0, 2π)."""
     a = 2 * math.pi * torch.rand((), generator=generator, dtype=torch.float64)
+    return rotation_matrix(a)
+
+
+def rotation_matrix(radians: float | torch.Tensor) -> torch.Tensor:
+    """R(α) = [[cos α, −sin α], [sin α, cos α]], float64."""
+    a = torch.as_tensor(radians, dtype=torch.float64)
     return torch.stack([torch.stack([a.cos(), -a.sin()]), torch.stack([a.sin(), a.cos()])])
 
 
-def make_data(nonlinearity: str, n_points: int, noise_std: float,
-              generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sample (z, x), both (n_points, 2) float64: x = ν(W z) + ε, W = Q diag(2, 1)."""
-    W = random_orthogonal(generator) * torch.tensor([2.0, 1.0], dtype=torch.float64)
+def make_data(nonlinearity: str, n_points: int, noise_std: float, generator: torch.Generator,
+              Q: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sample (z, x), both (n_points, 2) float64: x = ν(W z) + ε, W = Q diag(2, 1).
+
+    Q is Haar-random (drawn first from ``generator``) unless given; with a given Q the
+    generator draws only z and ε, so one generator state gives the same z and ε for any Q.
+    """
+    Q = random_orthogonal(generator) if Q is None else Q
+    W = Q * torch.tensor([2.0, 1.0], dtype=torch.float64)
     z = torch.randn(n_points, 2, generator=generator, dtype=torch.float64)
     eps = noise_std * torch.randn(n_points, 2, generator=generator, dtype=torch.float64)
     return z, NONLINEARITIES[nonlinearity](z @ W.T) + eps
@@ -317,16 +329,22 @@ def build_batch(config: UniquenessConfig, nonlinearity: str,
                 rows.append({"nonlinearity": nonlinearity, "covariance": covariance,
                              "iterations": config.decays * n, "trial": trial})
                 params.append(p), fixed.append(f), zs.append(z), xs.append(x)
-    dtype = getattr(torch, config.dtype)
+    periods = [r["iterations"] // config.decays for r in rows]
+    return _stack_batch(rows, params, fixed, zs, xs, periods, config.dtype, device)
+
+
+def _stack_batch(rows: list[dict], params: list[dict], fixed: list[dict], zs: list, xs: list,
+                 periods: list[int], dtype: str, device: torch.device) -> Batch:
+    """One ``Batch`` from per-trial parts (float64, no batch dim), in the given order."""
+    dt = getattr(torch, dtype)
 
     def stack(items: list) -> torch.Tensor:
-        return torch.stack(items).to(device=device, dtype=dtype)
+        return torch.stack(items).to(device=device, dtype=dt)
 
     return Batch(rows=rows,
                  params={k: stack([p[k] for p in params]).requires_grad_() for k in PARAMS},
                  fixed={k: stack([f[k] for f in fixed]) for k in fixed[0]},
-                 z=stack(zs), x=stack(xs),
-                 n=torch.tensor([r["iterations"] // config.decays for r in rows], device=device))
+                 z=stack(zs), x=stack(xs), n=torch.tensor(periods, device=device))
 
 
 def batch_elbo(batch: Batch, config: UniquenessConfig, nonlinearity: str,
@@ -462,6 +480,87 @@ def true_decoder_trials(config: UniquenessConfig, nonlinearity: str,
 TRIAL_COLUMNS = ("nonlinearity", "covariance", "iterations", "trial", "elbo", "angle_deg")
 
 
+# ----------------------------------------------------------------------------- orientation
+
+ORIENTATION_COLUMNS = ("nonlinearity", "q_angle_deg", "init", "elbo", "angle_deg")
+ORIENTATION_STEP = 7.5  # degrees between orientations of W in [0°, 90°)
+# (n, inits per orientation): 5n steps; the diagonal optimum is unique, so a few inits suffice.
+ORIENTATION_QUICK, ORIENTATION_FULL = (3000, 3), (10_000, 4)
+
+
+def orientation_generator(seed: int, nonlinearity: str, stream: int) -> torch.Generator:
+    """Stream 0 draws the sweep's data (z, ε); stream k ≥ 1 the k-th initialisation.
+
+    The key has a fifth element, so no stream coincides with a ``trial_generator``'s."""
+    key = [seed, list(NONLINEARITIES).index(nonlinearity), stream, 0, 1]
+    state = np.random.SeedSequence(key).generate_state(2, dtype=np.uint64)
+    return torch.Generator().manual_seed(int(state[0] >> np.uint64(1)))
+
+
+def orientation_batch(config: UniquenessConfig, nonlinearity: str, q_angles_deg: list[float],
+                      device: torch.device) -> Batch:
+    """Diagonal-Σ trials of one ν with W = R(α) diag(2, 1) for each α in ``q_angles_deg``.
+
+    ``config.schedule`` is one (n, inits) pair. Paired design: every α sees the same z and ε
+    (so only W's orientation differs), and init k starts from the same parameters and fixed
+    rotations at every α.
+    """
+    ((n, inits),) = config.schedule
+    rows, params, fixed, zs, xs = [], [], [], [], []
+    for q_angle in q_angles_deg:
+        Q = rotation_matrix(math.radians(q_angle))
+        z, x = make_data(nonlinearity, config.n_points, config.noise_std,
+                         orientation_generator(config.seed, nonlinearity, 0), Q)
+        for init in range(inits):
+            p, f = init_trial(orientation_generator(config.seed, nonlinearity, 1 + init), False)
+            rows.append({"nonlinearity": nonlinearity, "q_angle_deg": q_angle, "init": init})
+            params.append(p), fixed.append(f), zs.append(z), xs.append(x)
+    return _stack_batch(rows, params, fixed, zs, xs, [n] * len(rows), config.dtype, device)
+
+
+def orientation_sweep(config: UniquenessConfig, q_angles_deg: list[float],
+                      device: torch.device | str = "cpu",
+                      progress: bool = False) -> pd.DataFrame:
+    """Train diagonal-Σ models for every ν of ``config`` and orientation α of W = R(α) D.
+
+    ν acts along the coordinate axes, so only ν = identity is rotation invariant. A symmetry
+    of the data that maps W's columns to ± themselves (x₁ ↔ x₂ at α = 45°, any ν; x₁ ↦ −x₁
+    at α = 0 for odd ν, and for sigmoid up to b) makes the true axes a stationary point, and
+    the optimum if it is unique; it need not be (tanh at α = 0: a ± pair off the axes).
+    One row per (ν, α, init), columns ``ORIENTATION_COLUMNS``; α is in degrees.
+    """
+    validate_orientation_config(config, q_angles_deg)
+    ((n, _),) = config.schedule
+    tables = []
+    with tqdm(total=config.decays * n * len(config.nonlinearities), unit="step",
+              desc="kp uniqueness orientations", disable=not progress) as bar:
+        for nonlinearity in config.nonlinearities:
+            bar.set_postfix_str(nonlinearity)
+            batch = orientation_batch(config, nonlinearity, q_angles_deg, torch.device(device))
+            train_batch(batch, config, nonlinearity, bar)
+            tables.append(evaluate_batch(batch, config, nonlinearity))
+    return pd.concat(tables, ignore_index=True)[list(ORIENTATION_COLUMNS)]
+
+
+def validate_orientation_config(config: UniquenessConfig, q_angles_deg: list[float]) -> None:
+    """InputError unless the schedule is one (n ≥ 1, inits ≥ 1) and the angles are finite."""
+    if len(config.schedule) != 1 or min(config.schedule[0]) < 1:
+        raise InputError(f"the orientation sweep needs one (n, inits) with n, inits ≥ 1, "
+                         f"got schedule {config.schedule}")
+    if not q_angles_deg or not all(math.isfinite(a) for a in q_angles_deg):
+        raise InputError(f"orientations must be finite angles in degrees, got {q_angles_deg}")
+    unknown = sorted(set(config.nonlinearities) - set(NONLINEARITIES))
+    if unknown:
+        raise InputError(f"unknown nonlinearities {unknown}; choose from {list(NONLINEARITIES)}")
+
+
+def orientation_angles(step: float) -> list[float]:
+    """0, step, 2·step, … below 90°; InputError unless 0 < step ≤ 90."""
+    if not (math.isfinite(step) and 0 < step <= 90):
+        raise InputError(f"--orientations STEP must be in (0, 90] degrees, got {step}")
+    return [k * step for k in range(math.ceil(90 / step - 1e-9))]
+
+
 def make_config(quick: bool, seed: int) -> UniquenessConfig:
     """The paper's schedule (420 trials per ν and Σ), or the quick one."""
     if seed < 0:
@@ -470,14 +569,19 @@ def make_config(quick: bool, seed: int) -> UniquenessConfig:
 
 
 def main(args: argparse.Namespace) -> int:
-    """``rdbench kp uniqueness --out DIR [--quick] [--seed S] [--device D] [--force]``."""
+    """``rdbench kp uniqueness --out DIR [--quick] [--seed S] [--device D] [--force]
+    [--orientations [STEP]]``; with ``--orientations`` the orientation sweep runs instead."""
     from analysis.kp.uniqueness_plot import plot_angles, summarise, summary_markdown
+    from rdbench.device import resolve_device
     from rdbench.io import check_output_dir
 
     check_output_dir(args.out, args.force)
     config = make_config(args.quick, getattr(args, "seed", 0))
-    from rdbench.device import resolve_device
-
+    if getattr(args, "orientations", None) is not None:
+        angles = orientation_angles(args.orientations)
+        config = replace(config, schedule=(ORIENTATION_QUICK if args.quick
+                                           else ORIENTATION_FULL,))
+        return _main_orientations(args, config, angles, resolve_device(args.device))
     device = resolve_device(args.device)
     # Tensors are small (≤ a few MB): intra-op threads only add contention on a shared CPU.
     torch.set_num_threads(1)
@@ -494,5 +598,28 @@ def main(args: argparse.Namespace) -> int:
                                                 "seconds": round(seconds, 1)})
         plot_angles(trials, tmp / "angle_vs_elbo")
     print(summary.to_string(index=False, float_format=lambda v: f"{v:.3g}"))
+    print(f"wrote {Path(args.out)} ({seconds:.0f} s on {device})")
+    return 0
+
+
+def _main_orientations(args: argparse.Namespace, config: UniquenessConfig,
+                       angles: list[float], device: torch.device) -> int:
+    """Run the orientation sweep; write orientations.csv/.md, config.json and the figure."""
+    from analysis.kp.uniqueness_plot import orientation_markdown, plot_orientations
+
+    torch.set_num_threads(1)
+    started = time.perf_counter()
+    table = orientation_sweep(config, angles, device, progress=True)
+    seconds = time.perf_counter() - started
+    markdown = orientation_markdown(table, config, seconds, device)
+    with staged_directory(args.out, force=args.force) as tmp:
+        atomic_write_text(tmp / "orientations.csv", table.to_csv(index=False,
+                                                                 float_format="%.6g"))
+        atomic_write_text(tmp / "orientations.md", markdown)
+        atomic_write_json(tmp / "config.json", {**asdict(config), "q_angles_deg": angles,
+                                                "device": str(device),
+                                                "seconds": round(seconds, 1)})
+        plot_orientations(table, tmp / "angle_vs_orientation")
+    print(markdown)
     print(f"wrote {Path(args.out)} ({seconds:.0f} s on {device})")
     return 0

@@ -112,3 +112,84 @@ def _panel(ax: Any, trials: pd.DataFrame, name: str) -> None:
            xlabel="ELBO (nats per data point)")
     ax.axhline(0, color="0.6", linewidth=0.6, zorder=0)
     ax.grid(alpha=0.25)
+
+
+# ----------------------------------------------------------------------------- orientation
+
+ORDER = ["identity", "tanh", "sigmoid", "elu"]
+# Okabe–Ito, one per ν, with distinct markers.
+NU_STYLE = {"identity": {"color": "#000000", "marker": "o"},
+            "tanh": {"color": "#E69F00", "marker": "s"},
+            "sigmoid": {"color": "#009E73", "marker": "^"},
+            "elu": {"color": "#CC79A7", "marker": "D"}}
+
+
+def best_per_orientation(table: pd.DataFrame) -> pd.DataFrame:
+    """Per (ν, α): the highest-ELBO init's angle and ELBO, and the spread of the angles
+    over all inits (max − min; ~0 when every init finds the same optimum)."""
+    rows = []
+    for (nonlinearity, q_angle), group in table.groupby(["nonlinearity", "q_angle_deg"]):
+        best = group.loc[group["elbo"].idxmax()]
+        rows.append({"nonlinearity": nonlinearity, "q_angle_deg": q_angle,
+                     "elbo": best["elbo"], "angle_deg": best["angle_deg"],
+                     "init_spread_deg": group["angle_deg"].max() - group["angle_deg"].min()})
+    order = {name: i for i, name in enumerate(ORDER)}
+    return pd.DataFrame(rows).sort_values(
+        ["nonlinearity", "q_angle_deg"], ignore_index=True,
+        key=lambda c: c.map(order) if c.name == "nonlinearity" else c)
+
+
+def orientation_markdown(table: pd.DataFrame, config: Any, seconds: float, device: Any) -> str:
+    """Angle of the optimum per orientation α (rows) and ν (columns), as Markdown."""
+    best = best_per_orientation(table)
+    names = [n for n in ORDER if n in set(best["nonlinearity"])]
+    ((n, inits),) = config.schedule
+    lines = ["# Kumar & Poole (2020), App. C: angle of the diagonal-Σ optimum vs W's "
+             "orientation", "",
+             f"W = R(α)·diag(2, 1); diagonal Σ; {inits} inits per α, the highest-ELBO one "
+             f"shown (spread of all inits' angles in brackets); {config.decays}n steps, "
+             f"n = {n}; seed {config.seed}; {seconds:.0f} s on {device}.", "",
+             "| α | " + " | ".join(f"ν = {name}" for name in names) + " |",
+             "|---:|" + "---:|" * len(names)]
+    for q_angle, group in best.groupby("q_angle_deg"):
+        cells = group.set_index("nonlinearity")
+        lines.append(f"| {q_angle:g}° | " + " | ".join(
+            f"{cells.at[name, 'angle_deg']:.2f}° ({cells.at[name, 'init_spread_deg']:.2f}°)"
+            for name in names) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_orientations(table: pd.DataFrame, stem: str | Path) -> list[Path]:
+    """Angle of the highest-ELBO init vs W's orientation α, one line per ν; all inits as
+    faint markers. Writes stem.png and stem.pdf."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    best = best_per_orientation(table)
+    fig, ax = plt.subplots(figsize=(5.6, 3.6))
+    for name in [n for n in ORDER if n in set(best["nonlinearity"])]:
+        style = NU_STYLE[name]
+        mine = best[best["nonlinearity"] == name]
+        ax.plot(mine["q_angle_deg"], mine["angle_deg"], label=f"ν = {name}", markersize=5,
+                linewidth=1.2, **style)
+        every = table[table["nonlinearity"] == name]
+        ax.scatter(every["q_angle_deg"], every["angle_deg"], s=10, alpha=0.3, linewidths=0,
+                   color=style["color"], marker=style["marker"])
+    ax.set(xlim=(-3, 93), ylim=(-47, 47), xticks=range(0, 91, 15), yticks=range(-45, 46, 15),
+           xlabel="orientation α of W = R(α)·diag(2, 1) (degrees)",
+           ylabel="angle of the optimum (degrees)",
+           title="diagonal Σ: rotation of the best-ELBO solution")
+    ax.axhline(0, color="0.6", linewidth=0.6, zorder=0)
+    ax.grid(alpha=0.25)
+    ax.legend(loc="best", fontsize=8, framealpha=0.9)
+    fig.tight_layout()
+    stem = Path(stem)
+    paths = []
+    for suffix in (".png", ".pdf"):
+        path = stem.with_suffix(suffix)
+        atomic_write(path, lambda f, s=suffix: fig.savefig(f, format=s[1:], dpi=150))
+        paths.append(path)
+    plt.close(fig)
+    return paths
