@@ -176,6 +176,7 @@ def test_resume_rejects_mixed_iterations(images):
 
 
 @pytest.mark.usefixtures("full_fp32")
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_group_trains_on_cuda(images):
     spec = _spec("cnn3", (0.5, 2.0), (0, 1))
@@ -224,6 +225,7 @@ def test_bench_timers_run_tiny(images, monkeypatch):
     assert bench.time_loop("cnn1", 2, 2, 1, images, cpu) > 0
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_bf16_autocast_on_cuda(images):
     spec = _spec("mlp1", (0.5, 2.0), (0, 1), precision="bf16")
