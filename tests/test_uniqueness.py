@@ -12,26 +12,23 @@ import pytest
 import torch
 
 from analysis.kp import uniqueness
-from analysis.kp.uniqueness import (
+from analysis.kp.orientations import (
     ORIENTATION_COLUMNS,
-    UniquenessConfig,
-    batch_elbo,
-    build_batch,
+    orientation_angles,
+    orientation_batch,
+    orientation_sweep,
+)
+from analysis.kp.uniqueness import same_data_trials, true_decoder_trials
+from analysis.kp.uniqueness_model import (
     decoder_encoder,
     elbo_linear,
     elbo_quadrature,
     init_trial,
     make_data,
-    orientation_angles,
-    orientation_batch,
-    orientation_sweep,
     procrustes_angle,
     random_orthogonal,
     rotation_matrix,
-    same_data_trials,
-    train_batch,
     trial_generator,
-    true_decoder_trials,
 )
 from analysis.kp.uniqueness_plot import (
     best_per_orientation,
@@ -40,6 +37,12 @@ from analysis.kp.uniqueness_plot import (
     plot_orientations,
     summarise,
     summary_markdown,
+)
+from analysis.kp.uniqueness_training import (
+    UniquenessConfig,
+    batch_elbo,
+    build_batch,
+    train_batch,
 )
 from rdbench.cli import main as rdbench_main
 from rdbench.io import InputError

@@ -1,0 +1,166 @@
+"""Kumar & Poole (2020), Appendix C: the experiment's config and its batched trials.
+
+Training: full batch, Adam, learning rate 0.1 divided by 10 every n steps, 5n steps. All
+trials of one ν (every n, both covariances) form one batch with a leading trial dimension;
+trials are sorted by length so the ones still training are always a suffix of the batch.
+Evaluation reports each trial's ELBO in float64 with 32 quadrature nodes and its Procrustes
+angle (``analysis.kp.uniqueness_model``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from analysis.kp.uniqueness_model import (
+    NONLINEARITIES,
+    PARAMS,
+    decoder_encoder,
+    elbo_linear,
+    elbo_quadrature,
+    init_trial,
+    make_data,
+    procrustes_angle,
+    trial_generator,
+)
+
+COVARIANCES = ("diagonal", "full")
+# The paper's schedule: n -> random trials (420 per ν and covariance).
+PAPER_SCHEDULE = ((100, 20), (500, 20), *((k * 1000, 20) for k in range(1, 10)),
+                  (10_000, 100), (20_000, 100))
+# Quick: 16 trials per ν and Σ; the 8 longest (5·3000 steps) are within ~1° of the converged angle.
+QUICK_SCHEDULE = ((300, 4), (1000, 4), (3000, 8))
+
+
+@dataclass(frozen=True)
+class UniquenessConfig:
+    """Everything that defines one run of the experiment (written as ``config.json``)."""
+
+    schedule: tuple[tuple[int, int], ...] = PAPER_SCHEDULE  # (n, trials): 5n steps each
+    nonlinearities: tuple[str, ...] = tuple(NONLINEARITIES)
+    n_points: int = 4000
+    noise_std: float = 0.05
+    learning_rate: float = 0.1
+    decays: int = 5  # lr·10^-k for k = 0..decays-1, n steps each
+    quadrature_nodes: int = 4  # training; the reported ELBO uses 32 nodes in float64
+    dtype: str = "float32"
+    seed: int = 0
+    optimizer: str = field(default="adam (full batch, betas 0.9/0.999, eps 1e-8)")
+
+
+# ----------------------------------------------------------------------------- training
+
+
+@dataclass
+class Batch:
+    """All trials of one ν, sorted by n: learned params, Adam moments, fixed parts, data."""
+
+    rows: list[dict]
+    params: dict[str, torch.Tensor]
+    fixed: dict[str, torch.Tensor]
+    z: torch.Tensor                 # (T, N, 2)
+    x: torch.Tensor                 # (T, N, 2)
+    n: torch.Tensor                 # (T,) decay period of each trial
+
+
+def build_batch(config: UniquenessConfig, nonlinearity: str,
+                device: torch.device) -> Batch:
+    """Data and initial state of every (n, trial, covariance) of one ν, sorted by n."""
+    rows, params, fixed, zs, xs = [], [], [], [], []
+    for n, trials in sorted(config.schedule):
+        for trial in range(trials):
+            for covariance in COVARIANCES:
+                g = trial_generator(config.seed, nonlinearity, n, trial)
+                z, x = make_data(nonlinearity, config.n_points, config.noise_std, g)
+                p, f = init_trial(g, covariance == "full")
+                rows.append({"nonlinearity": nonlinearity, "covariance": covariance,
+                             "iterations": config.decays * n, "trial": trial})
+                params.append(p), fixed.append(f), zs.append(z), xs.append(x)
+    periods = [r["iterations"] // config.decays for r in rows]
+    return stack_batch(rows, params, fixed, zs, xs, periods, config.dtype, device)
+
+
+def stack_batch(rows: list[dict], params: list[dict], fixed: list[dict], zs: list, xs: list,
+                 periods: list[int], dtype: str, device: torch.device) -> Batch:
+    """One ``Batch`` from per-trial parts (float64, no batch dim), in the given order."""
+    dt = getattr(torch, dtype)
+
+    def stack(items: list) -> torch.Tensor:
+        return torch.stack(items).to(device=device, dtype=dt)
+
+    return Batch(rows=rows,
+                 params={k: stack([p[k] for p in params]).requires_grad_() for k in PARAMS},
+                 fixed={k: stack([f[k] for f in fixed]) for k in fixed[0]},
+                 z=stack(zs), x=stack(xs), n=torch.tensor(periods, device=device))
+
+
+def batch_elbo(batch: Batch, config: UniquenessConfig, nonlinearity: str,
+               start: int = 0) -> torch.Tensor:
+    """ELBO per point of trials ``start:`` of the batch, (T − start,)."""
+    params = {k: v[start:] for k, v in batch.params.items()}
+    fixed = {k: v[start:] for k, v in batch.fixed.items()}
+    x = batch.x[start:]
+    if nonlinearity == "identity":
+        second = x.mT @ x / x.shape[1]
+        return elbo_linear(params, fixed, x.mean(1), second, config.noise_std)
+    return elbo_quadrature(params, fixed, x, nonlinearity, config.noise_std,
+                           config.quadrature_nodes)
+
+
+def train_batch(batch: Batch, config: UniquenessConfig, nonlinearity: str,
+                progress: tqdm | None = None, frozen: tuple[str, ...] = ()) -> None:
+    """Full-batch Adam on −ELBO; trial t uses lr·10^-⌊s/n_t⌋ and stops after decays·n_t.
+
+    Adam runs on all parameters of a trial as one flat vector (elementwise, so this is the
+    same update as one Adam per tensor, with far fewer small tensor operations per step).
+    Parameters named in ``frozen`` get zero gradients and so stay where they are.
+    """
+    beta1, beta2, eps = 0.9, 0.999, 1e-8
+    T = len(batch.rows)
+    sizes = [batch.params[k][0].numel() for k in PARAMS]
+    dtype = batch.params[PARAMS[0]].dtype
+    m1 = torch.zeros(T, sum(sizes), dtype=dtype, device=batch.x.device)
+    m2 = torch.zeros_like(m1)
+    total = batch.n * config.decays
+    lr_all = config.learning_rate * 10.0 ** -torch.arange(config.decays, dtype=torch.float64)
+    for step in range(int(total.max())):
+        start = int(torch.searchsorted(total, step, right=True))       # first active trial
+        loss = -batch_elbo(batch, config, nonlinearity, start).sum()
+        grads = torch.autograd.grad(loss, [batch.params[k] for k in PARAMS])
+        grads = [g.zero_() if k in frozen else g for k, g in zip(PARAMS, grads, strict=True)]
+        with torch.no_grad():
+            g = torch.cat([gk[start:].reshape(T - start, -1) for gk in grads], 1)  # (., P)
+            m, v = m1[start:], m2[start:]
+            m.mul_(beta1).add_(g, alpha=1 - beta1)
+            v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+            lr = lr_all[torch.div(step, batch.n[start:], rounding_mode="floor").cpu()]
+            lr = (lr / (1 - beta1 ** (step + 1))).to(dtype=dtype, device=m.device)
+            update = m * lr[:, None] / (v / (1 - beta2 ** (step + 1))).sqrt_().add_(eps)
+            for k, u in zip(PARAMS, update.split(sizes, 1), strict=True):
+                batch.params[k][start:].sub_(u.view_as(batch.params[k][start:]))
+        if progress is not None:
+            progress.update(1)
+
+
+def evaluate_batch(batch: Batch, config: UniquenessConfig, nonlinearity: str,
+                   chunk: int = 16) -> pd.DataFrame:
+    """Final ELBO (float64, 32 quadrature nodes) and Procrustes angle of every trial."""
+    exact = UniquenessConfig(**{**asdict(config), "quadrature_nodes": 32, "dtype": "float64"})
+    elbos, angles = [], []
+    with torch.no_grad():
+        for lo in range(0, len(batch.rows), chunk):
+            part = Batch(rows=batch.rows[lo:lo + chunk],
+                         params={k: v[lo:lo + chunk].double() for k, v in batch.params.items()},
+                         fixed={k: v[lo:lo + chunk].double() for k, v in batch.fixed.items()},
+                         z=batch.z[lo:lo + chunk].double(), x=batch.x[lo:lo + chunk].double(),
+                         n=batch.n[lo:lo + chunk])
+            elbos.append(batch_elbo(part, exact, nonlinearity))
+            _, C, d, _, _ = decoder_encoder(part.params, part.fixed)
+            angles.append(procrustes_angle(part.z, part.x @ C.mT + d[:, None, :]))
+    table = pd.DataFrame(batch.rows)
+    table["elbo"] = torch.cat(elbos).cpu().numpy()
+    table["angle_deg"] = torch.cat(angles).cpu().numpy()
+    return table
