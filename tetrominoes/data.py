@@ -17,6 +17,13 @@ from tetrominoes.factors import FACTOR_NAMES
 from tetrominoes.raster import SIZE
 from tetrominoes.splits import SPLIT_NAMES
 
+# factors.csv must read back bit for bit: pandas < 3.1 parses floats with a fast parser that
+# can be off in the last bit unless asked for "round_trip" (deprecated from 3.1, exact there)
+_EXACT_FLOATS = (
+    {} if tuple(int(p) for p in pd.__version__.split(".")[:2]) >= (3, 1)
+    else {"float_precision": "round_trip"}
+)
+
 
 class Split(NamedTuple):
     """Sorted int64 row indices; unpacks as ``train, test = data.split(name)``."""
@@ -107,7 +114,7 @@ def _read_images(path: Path, n: int) -> np.ndarray:
 
 def _read_factors(path: Path, n: int) -> pd.DataFrame:
     try:
-        factors = pd.read_csv(path, dtype="float64", float_precision="round_trip")
+        factors = pd.read_csv(path, dtype="float64", **_EXACT_FLOATS)
     except FileNotFoundError:
         raise InputError(f"missing file: {path}") from None
     except (ValueError, pd.errors.ParserError, UnicodeDecodeError) as e:
