@@ -24,7 +24,6 @@ from analysis.kp.uniqueness_training import (
 from rdbench.io import InputError
 
 ORIENTATION_COLUMNS = ("nonlinearity", "q_angle_deg", "init", "elbo", "angle_deg")
-ORIENTATION_STEP = 7.5  # degrees between orientations of W in [0°, 90°)
 # (n, inits per orientation): 5n steps; the diagonal optimum is unique, so a few inits suffice.
 ORIENTATION_QUICK, ORIENTATION_FULL = (3000, 3), (10_000, 4)
 

@@ -31,7 +31,7 @@ from analysis.kp.orientations import (
     orientation_angles,
     orientation_sweep,
 )
-from analysis.kp.uniqueness_model import random_orthogonal, trial_generator
+from analysis.kp.uniqueness_model import generating_W, trial_generator
 from analysis.kp.uniqueness_training import (
     PAPER_SCHEDULE,
     QUICK_SCHEDULE,
@@ -95,7 +95,7 @@ def true_decoder_trials(config: UniquenessConfig, nonlinearity: str,
         for i, row in enumerate(batch.rows):
             g = trial_generator(config.seed, nonlinearity, row["iterations"] // config.decays,
                                 row["trial"])
-            W = random_orthogonal(g) * torch.tensor([2.0, 1.0], dtype=torch.float64)  # as make_data
+            W = generating_W(g)  # the W make_data drew for this trial
             batch.params["A"][i] = W.to(batch.x) @ batch.fixed["O_A"][i]   # A = A' O_Aᵀ
             batch.params["b"][i] = 0.0
     train_batch(batch, config, nonlinearity, frozen=("A", "b"))

@@ -65,6 +65,13 @@ def rotation_matrix(radians: float | torch.Tensor) -> torch.Tensor:
     return torch.stack([torch.stack([a.cos(), -a.sin()]), torch.stack([a.sin(), a.cos()])])
 
 
+def generating_W(generator: torch.Generator, Q: torch.Tensor | None = None) -> torch.Tensor:
+    """W = Q diag(2, 1) (orthogonal columns of norm 2 and 1); Q drawn from ``generator``
+    unless given. The first draw of a trial's generator, so ``make_data`` sees the same W."""
+    Q = random_orthogonal(generator) if Q is None else Q
+    return Q * torch.tensor([2.0, 1.0], dtype=torch.float64)
+
+
 def make_data(nonlinearity: str, n_points: int, noise_std: float, generator: torch.Generator,
               Q: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Sample (z, x), both (n_points, 2) float64: x = ν(W z) + ε, W = Q diag(2, 1).
@@ -72,8 +79,7 @@ def make_data(nonlinearity: str, n_points: int, noise_std: float, generator: tor
     Q is Haar-random (drawn first from ``generator``) unless given; with a given Q the
     generator draws only z and ε, so one generator state gives the same z and ε for any Q.
     """
-    Q = random_orthogonal(generator) if Q is None else Q
-    W = Q * torch.tensor([2.0, 1.0], dtype=torch.float64)
+    W = generating_W(generator, Q)
     z = torch.randn(n_points, 2, generator=generator, dtype=torch.float64)
     eps = noise_std * torch.randn(n_points, 2, generator=generator, dtype=torch.float64)
     return z, NONLINEARITIES[nonlinearity](z @ W.T) + eps
