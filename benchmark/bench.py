@@ -131,6 +131,11 @@ def copy_bandwidth(device: torch.device, n_bytes: int | None = None, repeats: in
     return 2 * n_bytes / best
 
 
+def mfu_ceiling(flops: float, n_bytes: float, peak: float, bandwidth: float) -> float:
+    """Roofline bound on the MFU of work of ``flops`` that must move ``n_bytes``."""
+    return flops / max(flops / peak, n_bytes / bandwidth) / peak
+
+
 def time_vectorised(
     arch: str,
     m: int,
@@ -248,7 +253,6 @@ def measure(
         t_vec = time_vectorised(arch, m, steps, warmup, images, device, batch)
         vec = max(vec, m * steps / t_vec)
         loop = max(loop, m * steps / time_loop(arch, m, steps, warmup, images, device, batch))
-    floor = max(flops / peak, param_bytes / bandwidth) if bandwidth else flops / peak
     return {
         "architecture": arch,
         "models": m,
@@ -264,7 +268,7 @@ def measure(
         "vectorised_mfu": vec * flops / peak,
         "loop_mfu": loop * flops / peak,
         "param_bytes_per_model_it": param_bytes,
-        "mfu_ceiling": flops / floor / peak,
+        "mfu_ceiling": mfu_ceiling(flops, param_bytes, peak, bandwidth) if bandwidth else 1.0,
     }
 
 
@@ -355,9 +359,9 @@ def main(args: argparse.Namespace) -> int:
     for r in rows:
         r["vectorised_mfu"] = r["vectorised_tflops"] / result["peak_tflops"]
         r["loop_mfu"] = r["loop_tflops"] / result["peak_tflops"]
-        flops = r["flops_per_model_it"]
-        floor = max(flops / peak, r["param_bytes_per_model_it"] / bandwidth)
-        r["mfu_ceiling"] = flops / floor / peak
+        r["mfu_ceiling"] = mfu_ceiling(
+            r["flops_per_model_it"], r["param_bytes_per_model_it"], peak, bandwidth
+        )
     print(markdown(result))
     if args.out is not None:
         atomic_write_json(args.out, result)

@@ -216,13 +216,20 @@ def test_bench_rejects_bad_arguments():
         )
 
 
-def test_bench_timers_run_tiny(images, monkeypatch):
+def test_bench_timers_run_tiny(images):
     from benchmark import bench
 
-    monkeypatch.setattr(bench, "BATCH", 8)
     cpu = torch.device("cpu")
-    assert bench.time_vectorised("cnn1", 2, 2, 1, images, cpu) > 0
-    assert bench.time_loop("cnn1", 2, 2, 1, images, cpu) > 0
+    assert bench.time_vectorised("cnn1", 2, 2, 1, images, cpu, batch=8) > 0
+    assert bench.time_loop("cnn1", 2, 2, 1, images, cpu, batch=8) > 0
+
+
+def test_bench_roofline_known_answers():
+    from benchmark import bench
+
+    # 1 GFLOP moving 1 GB: at 1 TFLOP/s and 100 GB/s the bytes take 10 ms, so 10 % of peak
+    assert bench.mfu_ceiling(1e9, 1e9, 1e12, 1e11) == pytest.approx(0.1)
+    assert bench.mfu_ceiling(1e9, 1e6, 1e12, 1e11) == pytest.approx(1.0)  # compute-bound
 
 
 @pytest.mark.cuda
