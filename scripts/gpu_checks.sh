@@ -5,16 +5,15 @@
 #
 #   scripts/gpu_checks.sh [OUT_DIR]      # default results/bench; JSON and logs land there
 #
-# Uses the python3 on PATH (which must have CUDA torch) and installs rdbench into it without
-# dependencies, so it works on a machine that has torch, numpy, pandas etc. but no network.
+# Uses the python3 on PATH (which must have CUDA torch, numpy, pandas, ...) and runs rdbench
+# from this checkout (PYTHONPATH), installing nothing: it works on a machine with no network.
 set -euo pipefail
 out=${1:-results/bench}
 mkdir -p "$out"
-export PYTHONUNBUFFERED=1
+export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+rdbench() { python3 -m rdbench "$@"; }
 python3 -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'no CUDA device')"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu.txt"
-python3 -m pip install -q --no-deps --no-build-isolation -e . >"$out/pip.log" 2>&1 \
-    || { cat "$out/pip.log"; exit 1; }
 
 echo "== pytest -m cuda"
 python3 -m pytest -q -p no:cacheprovider -m cuda 2>&1 | tee "$out/pytest_cuda.log" | tail -3

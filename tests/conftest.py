@@ -32,3 +32,34 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def cuda_reproducible(monkeypatch):
+    """CUDA runs that repeat bit for bit and match a group's runs alone to 1e-5.
+
+    The trainer turns TF32 and cuDNN autotuning on for CUDA (``trainer._setup_device``);
+    this turns them off after it, with deterministic cuDNN algorithms, and restores all
+    three afterwards. A no-op on CPU.
+    """
+    import torch
+
+    from benchmark import trainer
+
+    setup = trainer._setup_device
+    flags = torch.backends.cuda.matmul, torch.backends.cudnn
+    before = [f.allow_tf32 for f in flags]
+    monkeypatch.setattr(torch.backends.cudnn, "deterministic", True)
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+
+    def exact(device):
+        device = setup(device)
+        for f in flags:
+            f.allow_tf32 = False
+        torch.backends.cudnn.benchmark = False
+        return device
+
+    monkeypatch.setattr(trainer, "_setup_device", exact)
+    yield
+    for f, value in zip(flags, before, strict=True):
+        f.allow_tf32 = value

@@ -41,11 +41,12 @@ def _metrics(runs_dir: Path) -> dict[str, dict]:
     return {p.parent.name: json.loads(p.read_text()) for p in runs_dir.glob("*/metrics.json")}
 
 
+@pytest.mark.usefixtures("cuda_reproducible")  # TF32 off: CUDA and CPU agree to ~1e-6
 def test_train_and_evaluate_on_cuda(tiny_dataset, tmp_path):
     """A grid trains on CUDA; evaluating its runs on CUDA and on CPU gives the same numbers.
 
-    The rates are closed-form KLs of the posteriors (equal up to float rounding); the
-    distortion and log p(x) are Monte-Carlo estimates whose noise differs by device.
+    Evaluation draws all its noise from seeded CPU generators and moves it to the device, so
+    both evaluations see the same samples and differ by float rounding alone.
     """
     runs_dir = tmp_path / "runs"
     assert main(["train", str(_grid(tmp_path / "g.toml", tiny_dataset)),
@@ -60,13 +61,10 @@ def test_train_and_evaluate_on_cuda(tiny_dataset, tmp_path):
     for run_id in gpu:
         for split in ("train", "test"):
             g, c = gpu[run_id][split], cpu[run_id][split]
+            assert g.keys() == c.keys()
             assert g["mutual_information"] <= math.log(g["n"]) + 1e-6
-            assert g["mutual_information"] + g["marginal_kl"] == pytest.approx(g["rate_mc"],
-                                                                               abs=1e-4)
-            assert g["elbo"] == pytest.approx(-(g["distortion"] + g["rate"]), abs=1e-6)
-            assert g["log_px"] >= g["log_px_elbo"]
-            assert g["rate"] == pytest.approx(c["rate"], rel=1e-3, abs=1e-3), (run_id, split)
-            assert g["distortion"] == pytest.approx(c["distortion"], rel=0.02), (run_id, split)
+            for key, value in c.items():
+                assert g[key] == pytest.approx(value, rel=1e-3, abs=1e-3), (run_id, split, key)
 
 
 @pytest.mark.parametrize("arch", ["mlp1", "cnn1"])

@@ -37,25 +37,6 @@ CUDA = pytest.param(
 DEVICES = ["cpu", CUDA]  # on CUDA, groups of CNNs take the vmap path (grouped convolutions)
 
 
-@pytest.fixture
-def full_fp32(monkeypatch):
-    """TF32 off (the trainer turns it on for CUDA) so a group and its runs agree to 1e-5."""
-    setup = trainer._setup_device
-    flags = torch.backends.cuda.matmul, torch.backends.cudnn
-    before = [f.allow_tf32 for f in flags]
-
-    def no_tf32(device):
-        device = setup(device)
-        for f in flags:
-            f.allow_tf32 = False
-        return device
-
-    monkeypatch.setattr(trainer, "_setup_device", no_tf32)
-    yield
-    for f, value in zip(flags, before, strict=True):
-        f.allow_tf32 = value
-
-
 def _train(spec, images, device="cpu", **kw):
     return train_group(spec, images, device=device, progress=False, **kw)
 
@@ -66,7 +47,7 @@ def _assert_same_models(a: RunState, b: RunState, atol=1e-5):
         torch.testing.assert_close(a.model[k], b.model[k], atol=atol, rtol=1e-4)
 
 
-@pytest.mark.usefixtures("full_fp32")
+@pytest.mark.usefixtures("cuda_reproducible")
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("arch", ["mlp1", "cnn1"])
 def test_group_equals_runs_trained_alone(images, arch, device):
@@ -84,7 +65,7 @@ def test_group_equals_runs_trained_alone(images, arch, device):
     assert not torch.allclose(group[0].model[k], group[1].model[k])
 
 
-@pytest.mark.usefixtures("full_fp32")
+@pytest.mark.usefixtures("cuda_reproducible")
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("arch", ["mlp1", "cnn1"])  # the vmap path and the CPU loop path
 def test_diverged_run_is_frozen_and_others_unaffected(images, arch, device):
@@ -106,6 +87,30 @@ def test_diverged_run_is_frozen_and_others_unaffected(images, arch, device):
     assert np.isnan(rows[0][1]["loss"]) and np.isfinite(rows[0][0]["loss"])
 
 
+@pytest.mark.usefixtures("cuda_reproducible")
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("arch", ["mlp1", "cnn1"])
+def test_run_dying_mid_training_keeps_its_last_weights(images, arch, device):
+    """A death after some steps: Adam moments exist then, and must be zeroed too."""
+    spec = _spec(arch, (1.0, 1.0, 2.0), (0, 1, 2), iterations=8, checkpoint_every=4)
+    saved = []
+    _train(spec, images, device, on_checkpoint=saved.append)
+    states = saved[0]
+    assert states[1].iteration == 4 and states[1].optimizer["exp_avg"]["encoder.3.bias"].any()
+    states[1].model["encoder.3.bias"][spec.latent_dim :] = 200.0  # the rate overflows
+    frozen_at = {k: v.clone() for k, v in states[1].model.items()}
+    out = _train(spec, images, device, states=states)
+    assert out[1].failed == "non-finite loss at iteration 4"
+    for k, v in frozen_at.items():
+        assert torch.equal(out[1].model[k], v), k
+        assert not out[1].optimizer["exp_avg"][k].any(), k
+        assert not out[1].optimizer["exp_avg_sq"][k].any(), k
+    straight = saved[1]  # the uninterrupted run's final states
+    for r in (0, 2):
+        assert out[r].failed is None
+        _assert_same_models(out[r], straight[r])
+
+
 def test_infinite_beta_fails_only_that_run(images):
     spec = _spec("cnn1", (1.0, float("inf")), (0, 1), iterations=6)
     out = _train(spec, images)
@@ -123,13 +128,9 @@ def _roundtrip(states):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("arch", ["mlp1", "cnn3"])
+@pytest.mark.usefixtures("cuda_reproducible")  # on CUDA, one deterministic algorithm each
 def test_resume_from_checkpoint_is_exact(images, arch, device, monkeypatch):
     monkeypatch.setattr(trainer, "CHUNK", 4)  # resume mid-chunk, cross chunk boundaries
-    if device == "cuda":  # one fixed deterministic algorithm per convolution, as on CPU
-        monkeypatch.setattr(torch.backends.cudnn, "deterministic", True)
-        monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)  # restored after
-        setup = trainer._setup_device
-        monkeypatch.setattr(trainer, "_setup_device", lambda d: _no_benchmark(setup(d)))
     spec = _spec(arch, (0.5, 2.0), (5, 6))
     straight = _train(spec, images, device)
     saved = []
@@ -143,11 +144,6 @@ def test_resume_from_checkpoint_is_exact(images, arch, device, monkeypatch):
         for k in a.optimizer["exp_avg"]:
             assert torch.equal(a.optimizer["exp_avg_sq"][k], b.optimizer["exp_avg_sq"][k])
 
-
-def _no_benchmark(device):
-    """cuDNN autotuning may time two algorithms differently from one run to the next."""
-    torch.backends.cudnn.benchmark = False
-    return device
 
 
 def test_logs_checkpoints_and_state_loads_into_plain_model(images):
@@ -175,7 +171,7 @@ def test_resume_rejects_mixed_iterations(images):
         _train(spec, images, states=st)
 
 
-@pytest.mark.usefixtures("full_fp32")
+@pytest.mark.usefixtures("cuda_reproducible")
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_group_trains_on_cuda(images):
@@ -185,51 +181,6 @@ def test_group_trains_on_cuda(images):
     assert all(v.device.type == "cpu" for v in out[0].model.values())
     solo = train_group(_spec("cnn3", (0.5,), (0,)), images, device="cuda", progress=False)
     _assert_same_models(out[0], solo[0])
-
-
-def test_bench_projection_and_table_known_answers():
-    from benchmark import bench
-
-    # 12 β × 5 seeds × 257,000 iterations × 19 splits
-    assert bench.PAPER_MODEL_ITERATIONS == 292_980_000
-    rows = [
-        {"architecture": "mlp1", "models": m, "vectorised_its": its}
-        for m, its in ((4, 1.0), (60, bench.PAPER_MODEL_ITERATIONS / 3600))
-    ]
-    proj = bench.projection(rows)
-    assert proj["hours"] == {"mlp1": pytest.approx(1.0)}  # the largest group is used
-    assert bench._betas(3) == pytest.approx((0.01, (0.01 * 3) ** 0.5, 3.0))
-
-
-def test_bench_rejects_bad_arguments():
-    import argparse
-
-    from benchmark import bench
-    from rdbench.io import InputError
-
-    args = argparse.Namespace(architectures=["cnn9"], models=None, steps=None, out=None)
-    with pytest.raises(InputError, match="cnn9"):
-        bench._validate(args)
-    with pytest.raises(InputError, match="models"):
-        bench._validate(
-            argparse.Namespace(architectures=["mlp1"], models=[0], steps=None, out=None)
-        )
-
-
-def test_bench_timers_run_tiny(images):
-    from benchmark import bench
-
-    cpu = torch.device("cpu")
-    assert bench.time_vectorised("cnn1", 2, 2, 1, images, cpu, batch=8) > 0
-    assert bench.time_loop("cnn1", 2, 2, 1, images, cpu, batch=8) > 0
-
-
-def test_bench_roofline_known_answers():
-    from benchmark import bench
-
-    # 1 GFLOP moving 1 GB: at 1 TFLOP/s and 100 GB/s the bytes take 10 ms, so 10 % of peak
-    assert bench.mfu_ceiling(1e9, 1e9, 1e12, 1e11) == pytest.approx(0.1)
-    assert bench.mfu_ceiling(1e9, 1e6, 1e12, 1e11) == pytest.approx(1.0)  # compute-bound
 
 
 @pytest.mark.cuda

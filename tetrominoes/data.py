@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import zipfile
 from functools import cached_property
 from pathlib import Path
@@ -20,7 +21,7 @@ from tetrominoes.splits import SPLIT_NAMES
 # factors.csv must read back bit for bit: pandas < 3.1 parses floats with a fast parser that
 # can be off in the last bit unless asked for "round_trip" (deprecated from 3.1, exact there)
 _EXACT_FLOATS = (
-    {} if tuple(int(p) for p in pd.__version__.split(".")[:2]) >= (3, 1)
+    {} if tuple(map(int, re.findall(r"\d+", pd.__version__)[:2])) >= (3, 1)
     else {"float_precision": "round_trip"}
 )
 
