@@ -19,6 +19,8 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
 
+from rdbench.io import atomic_write  # noqa: E402
+
 # Okabe & Ito (2008), colour-blind safe; yellow last because it is faint on white.
 PALETTE = ("#0072B2", "#D55E00", "#009E73", "#E69F00", "#CC79A7", "#56B4E9", "#000000",
            "#F0E442")
@@ -74,12 +76,15 @@ def figure(nrows: int = 1, ncols: int = 1, *, width: float = 3.4, height: float 
 
 
 def save(fig: plt.Figure, stem: str | Path) -> list[Path]:
-    """Write ``stem.png`` (150 dpi) and ``stem.pdf``; close the figure; return both paths."""
+    """Write ``stem.png`` (150 dpi) and ``stem.pdf`` atomically; close the figure; return
+    both paths."""
     stem = Path(stem)
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    paths = [stem.with_name(stem.name + ".png"), stem.with_name(stem.name + ".pdf")]
-    for path in paths:
-        fig.savefig(path, dpi=DPI, bbox_inches="tight")
+    paths = []
+    for fmt in ("png", "pdf"):
+        path = stem.with_name(f"{stem.name}.{fmt}")
+        atomic_write(path, lambda f, fmt=fmt: fig.savefig(f, format=fmt, dpi=DPI,
+                                                          bbox_inches="tight"))
+        paths.append(path)
     plt.close(fig)
     return paths
 
