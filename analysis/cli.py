@@ -88,6 +88,8 @@ def _register_kp(commands: argparse._SubParsersAction) -> None:
     q.add_argument("--orientations", type=float, nargs="?", const=7.5, default=None,
                    metavar="STEP", help="instead: diagonal-Σ sweep of W's orientation over "
                    "[0°, 90°) every STEP degrees (default 7.5)")
+    q.add_argument("--unamortised", action="store_true", help="per-point posteriors "
+                   "N(μ_i, Σ_i) instead of the encoder N(Cx + d, Σ) (their Fig. 6)")
     q.add_argument("--device", default="auto")
     q.add_argument("--force", action="store_true")
     q.set_defaults(handler=handler("analysis.kp.uniqueness:main"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import math
 from dataclasses import replace
 
@@ -18,11 +19,22 @@ from analysis.kp.orientations import (
     orientation_batch,
     orientation_sweep,
 )
+from analysis.kp.unamortised import (
+    UNAMORTISED_PARAMS,
+    build_unamortised_batch,
+    evaluate_unamortised,
+    fit_to_generating_decoder,
+    posteriors,
+    unamortised_elbo,
+    unamortised_means,
+)
 from analysis.kp.uniqueness import same_data_trials, true_decoder_trials
 from analysis.kp.uniqueness_model import (
     decoder_encoder,
     elbo_linear,
+    elbo_per_point,
     elbo_quadrature,
+    generating_W,
     init_trial,
     make_data,
     procrustes_angle,
@@ -42,6 +54,7 @@ from analysis.kp.uniqueness_training import (
     UniquenessConfig,
     batch_elbo,
     build_batch,
+    encoder_means,
     train_batch,
 )
 from rdbench.cli import main as rdbench_main
@@ -450,3 +463,160 @@ def test_orientation_main_validates_then_writes_its_files(tmp_path, monkeypatch)
     table = pd.read_csv(tmp_path / "run" / "orientations.csv")
     assert tuple(table.columns) == ORIENTATION_COLUMNS and len(table) == 2 * 2 * 2
     assert sorted(set(table["q_angle_deg"])) == [0.0, 45.0]
+
+
+# ----------------------------------------------------------------------------- unamortised
+
+
+def _per_point_posteriors(n: int, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
+    """Random μ_i (1, n, 2), full Σ_i (1, n, 2, 2) and log det Σ_i (1, n), float64."""
+    mu = torch.randn(1, n, 2, generator=generator, dtype=torch.float64)
+    B = 0.2 * torch.randn(1, n, 2, 2, generator=generator, dtype=torch.float64)
+    Sigma = B @ B.mT + 0.05 * torch.eye(2, dtype=torch.float64)
+    return mu, Sigma, torch.logdet(Sigma)
+
+
+@pytest.mark.parametrize("nonlinearity", ["identity", "tanh", "sigmoid", "elu"])
+def test_per_point_elbo_equals_the_amortised_elbo_for_shared_posteriors(
+        nonlinearity: str) -> None:
+    """μ_i = C x_i + d and Σ_i = Σ for every i is the amortised posterior: same ELBO."""
+    params, fixed = init_trial(gen(30), full=True)
+    params = {k: v[None] for k, v in params.items()}
+    params.update(log_diag=torch.tensor([[-1.0, -1.5]], dtype=torch.float64),
+                  off=torch.tensor([0.3], dtype=torch.float64),
+                  b=torch.tensor([[0.1, -0.2]], dtype=torch.float64))
+    fixed = {k: v[None] for k, v in fixed.items()}
+    _, x = make_data(nonlinearity, 300, 0.05, gen(31))
+    A, C, d, Sigma, logdet = decoder_encoder(params, fixed)
+    mu = x[None] @ C.mT + d[:, None]
+    per_point = elbo_per_point(A, params["b"], mu, Sigma[:, None].expand(1, 300, 2, 2),
+                               logdet[:, None].expand(1, 300), x[None], nonlinearity, 0.05, 8)
+    amortised = elbo_quadrature(params, fixed, x[None], nonlinearity, 0.05, nodes=8)
+    assert per_point.item() == pytest.approx(amortised.item(), abs=1e-9)
+
+
+@pytest.mark.parametrize("nonlinearity", ["identity", "tanh", "sigmoid", "elu"])
+def test_per_point_elbo_equals_brute_force_integration(nonlinearity: str) -> None:
+    """Independent check: E_q log p(x_i|z) on a 2-D Gauss–Hermite product grid in z (no
+    1-D projection), KL from torch.distributions; 4 points with their own μ_i, Σ_i."""
+    mu, Sigma, logdet = _per_point_posteriors(4, gen(32))
+    A = torch.tensor([[[1.2, -0.7], [0.4, 0.9]]], dtype=torch.float64)
+    b = torch.tensor([[0.1, -0.3]], dtype=torch.float64)
+    nu = {"identity": lambda u: u, "tanh": torch.tanh, "sigmoid": torch.sigmoid,
+          "elu": torch.nn.functional.elu}[nonlinearity]
+    x = nu(mu @ A.mT) + b[:, None] + 0.05 * torch.randn(1, 4, 2, generator=gen(33),
+                                                        dtype=torch.float64)
+    elbo = elbo_per_point(A, b, mu, Sigma, logdet, x, nonlinearity, 0.05, 64).item()
+    t, w = np.polynomial.hermite.hermgauss(80)
+    t, w = torch.tensor(math.sqrt(2) * t), torch.tensor(w / math.sqrt(math.pi))
+    eps = torch.stack(torch.meshgrid(t, t, indexing="ij"), -1).reshape(-1, 2)   # (G, 2)
+    weight = (w[:, None] * w[None, :]).reshape(-1)                           # (G,)
+    z = mu[0, :, None] + eps @ torch.linalg.cholesky(Sigma[0]).mT            # (4, G, 2)
+    likelihood = torch.distributions.Normal(nu(z @ A[0].T) + b[0], 0.05)
+    loglik = likelihood.log_prob(x[0, :, None]).sum(-1) @ weight             # (4,)
+    q = torch.distributions.MultivariateNormal(mu[0], Sigma[0])
+    prior = torch.distributions.MultivariateNormal(torch.zeros(2, dtype=torch.float64),
+                                                   torch.eye(2, dtype=torch.float64))
+    expected = (loglik - torch.distributions.kl_divergence(q, prior)).mean().item()
+    # elu'' jumps at 0, so both rules converge only algebraically there (~1e-5 relative).
+    tolerance = {"rel": 1e-4} if nonlinearity == "elu" else {"abs": 1e-8}
+    assert elbo == pytest.approx(expected, **tolerance)
+
+
+def test_per_point_quadrature_gradients_are_exact() -> None:
+    """The fused kernel's backward with one s per point passes torch's gradcheck."""
+    mu, Sigma, logdet = _per_point_posteriors(3, gen(34))
+    A = torch.tensor([[[1.2, -0.7], [0.4, 0.9]]], dtype=torch.float64)
+    b = torch.tensor([[0.1, -0.3]], dtype=torch.float64)
+    x = torch.randn(1, 3, 2, generator=gen(35), dtype=torch.float64)
+    for nonlinearity in ("tanh", "sigmoid", "elu"):
+        def elbo(A, b, mu, Sigma, nonlinearity=nonlinearity):  # noqa: ANN001, ANN202
+            return elbo_per_point(A, b, mu, Sigma, logdet, x, nonlinearity, 0.05, 5)
+        inputs = tuple(v.clone().requires_grad_() for v in (A, b, mu, Sigma))
+        assert torch.autograd.gradcheck(elbo, inputs)
+
+
+def test_unamortised_parameterisation() -> None:
+    """Diagonal trials have diagonal Σ_i, full ones O_S L_i L_iᵀ O_Sᵀ; every trial starts
+    from its amortised twin's decoder and initial posterior means C x_i + d."""
+    config = UniquenessConfig(schedule=((3, 1),), n_points=50, dtype="float64")
+    amortised = build_batch(config, "tanh", CPU)
+    batch = build_unamortised_batch(config, "tanh", CPU)
+    assert batch.rows == amortised.rows and tuple(batch.params) == UNAMORTISED_PARAMS
+    torch.testing.assert_close(batch.x, amortised.x)
+    torch.testing.assert_close(batch.params["A"], amortised.params["A"])
+    torch.testing.assert_close(unamortised_means(batch), encoder_means(amortised))
+    with torch.no_grad():
+        batch.params["log_diag"].copy_(torch.randn(2, 2, 50, generator=gen(36)))
+        batch.params["off"].copy_(torch.randn(2, 50, generator=gen(37)))
+    _, _, _, Sigma, logdet = posteriors(batch.params, batch.fixed)
+    l1, l2 = batch.params["log_diag"].detach().exp().unbind(1)
+    torch.testing.assert_close(Sigma[0], torch.diag_embed(torch.stack([l1[0], l2[0]], -1) ** 2))
+    L = torch.stack([torch.stack([l1[1], torch.zeros(50, dtype=torch.float64)], -1),
+                     torch.stack([batch.params["off"].detach()[1], l2[1]], -1)], -2)
+    O = batch.fixed["O_S"][1]
+    torch.testing.assert_close(Sigma[1], O @ L @ L.mT @ O.T)
+    torch.testing.assert_close(logdet, torch.logdet(Sigma))
+    assert not torch.allclose(O, torch.eye(2, dtype=torch.float64))
+
+
+def test_unamortised_vi_reaches_the_exact_ppca_posterior() -> None:
+    """ν = identity, decoder frozen at the generating (A, b) = (W, 0): the best q_i is the
+    exact posterior N(Σ* Wᵀ x_i / σ², Σ*), Σ* = (I + WᵀW/σ²)⁻¹ — diagonal too, as W has
+    orthogonal columns — and the ELBO is log N(x; 0, WWᵀ + σ²I)."""
+    # n = 2000, as for the amortised encoder: Adam's second-moment memory keeps log Σ_i
+    # (which starts at 0, far above log Σ* ≈ −7) slow once its gradient has fallen.
+    config = UniquenessConfig(schedule=((2000, 1),), nonlinearities=("identity",),
+                              n_points=100, dtype="float64")
+    batch = fit_to_generating_decoder(config, "identity")
+    W = generating_W(trial_generator(0, "identity", 2000, 0))
+    sigma2 = 0.05**2
+    Sigma = torch.linalg.inv(torch.eye(2, dtype=torch.float64) + W.T @ W / sigma2)
+    x = batch.x[0]
+    _, _, mu, Sigmas, _ = posteriors(batch.params, batch.fixed)
+    for t in range(2):                                                 # diagonal, full
+        torch.testing.assert_close(mu[t], x @ (Sigma @ W.T / sigma2).T, rtol=0, atol=1e-9)
+        torch.testing.assert_close(Sigmas[t], Sigma.expand(100, 2, 2), rtol=0, atol=1e-6)
+    marginal = torch.distributions.MultivariateNormal(
+        torch.zeros(2, dtype=torch.float64), W @ W.T + sigma2 * torch.eye(2))
+    table = evaluate_unamortised(batch, config, "identity")
+    assert table["elbo"].to_numpy() == pytest.approx(
+        [marginal.log_prob(x).mean().item()] * 2, abs=1e-6)
+    assert table["angle_deg"].abs().max() < 0.5
+
+
+def test_unamortised_training_improves_the_elbo() -> None:
+    config = UniquenessConfig(schedule=((40, 1),), nonlinearities=("sigmoid",), n_points=300)
+    batch = build_unamortised_batch(config, "sigmoid", CPU)
+    with torch.no_grad():
+        before = unamortised_elbo(batch, config, "sigmoid")
+    train_batch(batch, config, "sigmoid", elbo=unamortised_elbo)
+    with torch.no_grad():
+        after = unamortised_elbo(batch, config, "sigmoid")
+    assert bool((after > before + 1.0).all())
+
+
+def test_cli_rejects_unamortised_with_orientations(tmp_path, capsys) -> None:
+    argv = ["kp", "uniqueness", "--out", str(tmp_path / "new"), "--unamortised",
+            "--orientations"]
+    assert rdbench_main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("rdbench: error:") and err.count("\n") == 1
+    assert "--unamortised" in err and "--orientations" in err
+    assert not (tmp_path / "new").exists()
+
+
+def test_unamortised_main_writes_the_same_files(tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(uniqueness, "make_config", lambda quick, seed: UniquenessConfig(
+        schedule=((3, 1), (4, 1)), nonlinearities=("identity", "elu"), n_points=100,
+        seed=seed))
+    args = _orientation_args(tmp_path / "run", orientations=None, unamortised=True)
+    assert uniqueness.main(args) == 0
+    names = {p.name for p in (tmp_path / "run").iterdir()}
+    assert names == {"trials.csv", "summary.csv", "summary.md", "config.json",
+                     "angle_vs_elbo.png", "angle_vs_elbo.pdf"}
+    table = pd.read_csv(tmp_path / "run" / "trials.csv")
+    assert tuple(table.columns) == uniqueness.TRIAL_COLUMNS and len(table) == 2 * 2 * 2
+    assert "unamortised" in (tmp_path / "run" / "summary.md").read_text()
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["inference"] == "unamortised"

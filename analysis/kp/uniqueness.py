@@ -12,6 +12,9 @@ cannot represent the posterior, the ELBO optimum is not the generating model (th
 A = W, b = 0 with its best encoder is lower), and the mean-field axes are those of the
 learned decoder, rotated from W's by an angle set by W's orientation (``orientation_sweep``:
 ≈ 0 for every ν only at 45°, where swapping x₁ ↔ x₂ is a symmetry; up to ~30° elsewhere).
+Unamortised VI (``analysis.kp.unamortised``, ``--unamortised``) gives the same picture, so
+the rotation is not the encoder's amortisation gap but the mean-field gap of the generating
+model itself (its posteriors' correlations vary from point to point).
 """
 
 from __future__ import annotations
@@ -31,13 +34,13 @@ from analysis.kp.orientations import (
     orientation_angles,
     orientation_sweep,
 )
-from analysis.kp.uniqueness_model import generating_W, trial_generator
 from analysis.kp.uniqueness_training import (
     PAPER_SCHEDULE,
     QUICK_SCHEDULE,
     UniquenessConfig,
     build_batch,
     evaluate_batch,
+    set_generating_decoder,
     train_batch,
 )
 from rdbench.io import InputError, atomic_write_json, atomic_write_text, staged_directory
@@ -91,13 +94,7 @@ def true_decoder_trials(config: UniquenessConfig, nonlinearity: str,
     one; > 0 would mean training stopped short, < 0 that the optimum is another model.
     """
     batch = build_batch(config, nonlinearity, torch.device(device))
-    with torch.no_grad():
-        for i, row in enumerate(batch.rows):
-            g = trial_generator(config.seed, nonlinearity, row["iterations"] // config.decays,
-                                row["trial"])
-            W = generating_W(g)  # the W make_data drew for this trial
-            batch.params["A"][i] = W.to(batch.x) @ batch.fixed["O_A"][i]   # A = A' O_Aᵀ
-            batch.params["b"][i] = 0.0
+    set_generating_decoder(batch, config, nonlinearity)
     train_batch(batch, config, nonlinearity, frozen=("A", "b"))
     table = evaluate_batch(batch, config, nonlinearity)[list(TRIAL_COLUMNS)]
     return table.sort_values(["covariance", "iterations", "trial"], ignore_index=True)
@@ -112,11 +109,17 @@ def make_config(quick: bool, seed: int) -> UniquenessConfig:
 
 def main(args: argparse.Namespace) -> int:
     """``rdbench kp uniqueness --out DIR [--quick] [--seed S] [--device D] [--force]
-    [--orientations [STEP]]``; with ``--orientations`` the orientation sweep runs instead."""
+    [--orientations [STEP] | --unamortised]``; with ``--orientations`` the orientation sweep
+    runs instead, with ``--unamortised`` the same trials with per-point posteriors."""
+    from analysis.kp.unamortised import run_unamortised
     from analysis.kp.uniqueness_plot import plot_angles, summarise, summary_markdown
     from rdbench.device import resolve_device
     from rdbench.io import check_output_dir
 
+    unamortised = getattr(args, "unamortised", False)
+    if unamortised and getattr(args, "orientations", None) is not None:
+        raise InputError("--unamortised and --orientations are mutually exclusive "
+                         "(the orientation sweep trains the amortised encoder)")
     check_output_dir(args.out, args.force)
     config = make_config(args.quick, getattr(args, "seed", 0))
     if getattr(args, "orientations", None) is not None:
@@ -129,16 +132,21 @@ def main(args: argparse.Namespace) -> int:
     torch.set_num_threads(1)
     torch.manual_seed(config.seed)
     started = time.perf_counter()
-    trials = run_experiment(config, device)
+    trials = (run_unamortised if unamortised else run_experiment)(config, device)
+    trials = trials[list(TRIAL_COLUMNS)]
     seconds = time.perf_counter() - started
     summary = summarise(trials)
+    inference = "unamortised" if unamortised else "amortised"
     with staged_directory(args.out, force=args.force) as tmp:
         atomic_write_text(tmp / "trials.csv", trials.to_csv(index=False, float_format="%.6g"))
         atomic_write_text(tmp / "summary.csv", summary.to_csv(index=False, float_format="%.4g"))
-        atomic_write_text(tmp / "summary.md", summary_markdown(summary, config, seconds, device))
-        atomic_write_json(tmp / "config.json", {**asdict(config), "device": str(device),
+        atomic_write_text(tmp / "summary.md", summary_markdown(summary, config, seconds, device,
+                                                               inference))
+        atomic_write_json(tmp / "config.json", {**asdict(config), "inference": inference,
+                                                "device": str(device),
                                                 "seconds": round(seconds, 1)})
-        plot_angles(trials, tmp / "angle_vs_elbo")
+        plot_angles(trials, tmp / "angle_vs_elbo", title="unamortised VI: per-point "
+                    "q_i(z) = N(μ_i, Σ_i)" if unamortised else None)
     print(summary.to_string(index=False, float_format=lambda v: f"{v:.3g}"))
     print(f"wrote {Path(args.out)} ({seconds:.0f} s on {device})")
     return 0

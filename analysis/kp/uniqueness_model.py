@@ -19,6 +19,9 @@ moments; otherwise E_q[(x_j − b_j − ν(u_j))²], u_j = a_jᵀz ~ N(a_jᵀμ,
 Gaussian expectation evaluated by Gauss–Hermite quadrature (deterministic, exact for
 polynomials of degree < 2K). KL(q‖N(0, I)) is closed form.
 
+Unamortised VI (``analysis.kp.unamortised``) replaces the encoder by free per-point
+posteriors N(μ_i, Σ_i); ``elbo_per_point`` is its ELBO, sharing the quadrature kernel.
+
 The rotation angle between true latents z and posterior means μ is the orthogonal
 Procrustes rotation argmin_O ‖Z − O M‖_F against whitened Z (the polar factor of the
 least-squares map M ≈ G Z, exact for anisotropically scaled rotations), reduced modulo signed
@@ -124,7 +127,8 @@ def decoder_encoder(params: dict, fixed: dict) -> tuple[torch.Tensor, ...]:
 
 
 def _kl(Sigma: torch.Tensor, logdet: torch.Tensor, mean_sq: torch.Tensor) -> torch.Tensor:
-    """Mean KL(N(μ, Σ) ‖ N(0, I₂)) = ½(tr Σ + E‖μ‖² − 2 − log det Σ), (T,)."""
+    """KL(N(μ, Σ) ‖ N(0, I₂)) = ½(tr Σ + ‖μ‖² − 2 − log det Σ), its mean over μ when
+    ``mean_sq`` is E‖μ‖²; shape (T,) or, for per-point Σ_i, (T, N)."""
     return 0.5 * (torch.diagonal(Sigma, dim1=-2, dim2=-1).sum(-1) + mean_sq - 2 - logdet)
 
 
@@ -165,12 +169,43 @@ def elbo_quadrature(params: dict, fixed: dict, x: torch.Tensor, nonlinearity: st
     m = torch.addcmul(torch.addcmul(c, G[..., :1], xt[:, :1]), G[..., 1:], xt[:, 1:])
     s = torch.diagonal(A @ Sigma @ A.mT, dim1=-2, dim2=-1).clamp_min(1e-30).sqrt()  # (T, 2)
     y = xt - params["b"][..., None]                                    # (T, 2, N)
-    err = _ExpectedSquaredError.apply(m, s, y, nonlinearity, nodes)    # (T, 2, N)
-    loglik = -err.sum(1).mean(-1) / (2 * noise_std**2) - math.log(2 * math.pi * noise_std**2)
+    loglik = _expected_loglik(m, s, y, nonlinearity, noise_std, nodes)
     mean, second = x.mean(1), xt @ x / x.shape[1]
     mean_sq = (_trace(C @ second @ C.mT) + 2 * (d * (C @ mean[..., None])[..., 0]).sum(-1)
                + (d * d).sum(-1))
     return loglik - _kl(Sigma, logdet, mean_sq)
+
+
+def elbo_per_point(A: torch.Tensor, b: torch.Tensor, mu: torch.Tensor, Sigma: torch.Tensor,
+                   logdet: torch.Tensor, x: torch.Tensor, nonlinearity: str, noise_std: float,
+                   nodes: int) -> torch.Tensor:
+    """ELBO per point, (T,), of per-point posteriors q_i = N(μ_i, Σ_i) (unamortised VI).
+
+    A (T, 2, 2), b (T, 2); μ (T, N, 2), Σ (T, N, 2, 2), log det Σ (T, N); x (T, N, 2). With
+    m_ij = a_jᵀμ_i and s_ij² = a_jᵀΣ_i a_j, E‖x_i − b − ν(A z)‖² is Σ_j (y_ij − m_ij)² + s_ij²
+    for ν = identity and the same Gauss–Hermite quadrature as ``elbo_quadrature`` otherwise;
+    the KL term is averaged over the points' own N(μ_i, Σ_i). Like ``elbo_quadrature`` it
+    works with the points innermost: Σ is fastest as a (T, 2, 2, N) tensor's permuted view.
+    """
+    T, N = mu.shape[:2]
+    m = A @ mu.mT                                                      # (T, 2, N)
+    S = Sigma.permute(0, 2, 3, 1).reshape(T, 2, 2 * N)                 # (T, k, l·N)
+    s2 = ((A @ S).view(T, 2, 2, N) * A[..., None]).sum(2)              # a_jᵀΣ_i a_j, (T, 2, N)
+    y = x.mT.contiguous() - b[..., None]                               # (T, 2, N)
+    if nonlinearity == "identity":
+        err = ((y - m).square() + s2).sum(1).mean(-1)
+        loglik = -err / (2 * noise_std**2) - math.log(2 * math.pi * noise_std**2)
+    else:
+        s = s2.clamp_min(1e-30).sqrt()
+        loglik = _expected_loglik(m, s, y, nonlinearity, noise_std, nodes)
+    return loglik - _kl(Sigma, logdet, mu.square().sum(-1)).mean(-1)
+
+
+def _expected_loglik(m: torch.Tensor, s: torch.Tensor, y: torch.Tensor, nonlinearity: str,
+                     noise_std: float, nodes: int) -> torch.Tensor:
+    """Mean over points of E_q log N(y; ν(u), σ²I), (T,); m, y (T, 2, N), s (T, 2) or (T, 2, N)."""
+    err = _ExpectedSquaredError.apply(m, s, y, nonlinearity, nodes)    # (T, 2, N)
+    return -err.sum(1).mean(-1) / (2 * noise_std**2) - math.log(2 * math.pi * noise_std**2)
 
 
 def _apply_nonlinearity(nonlinearity: str,
@@ -200,7 +235,8 @@ def _gauss_hermite(nodes: int) -> tuple[np.ndarray, np.ndarray]:
 class _ExpectedSquaredError(torch.autograd.Function):
     """E_{u~N(m, s²)}(y − ν(u))² by Gauss–Hermite, fused: (m, s, y) -> (T, 2, N).
 
-    m, y: (T, 2, N); s: (T, 2). The gradients are computed with the forward pass from the
+    m, y: (T, 2, N); s: (T, 2) (one Σ for all points) or (T, 2, N) (one Σ_i per point). The
+    gradients are computed with the forward pass from the
     same nodes (∂/∂u_k = 2 w_k r_k ν'(u_k), r_k = ν(u_k) − y, u_k = m + √2 s t_k), which
     avoids keeping autograd's intermediates; the (K, T, 2, N) work is done in place and the
     weighted sums over the K nodes are vector–matrix products.
@@ -210,7 +246,8 @@ class _ExpectedSquaredError(torch.autograd.Function):
     def forward(ctx, m, s, y, nonlinearity: str, nodes: int):  # noqa: ANN001, ANN205
         tau, w = (torch.as_tensor(v, dtype=m.dtype, device=m.device)
                   for v in _gauss_hermite(nodes))                      # (K,) each
-        u = m + tau[:, None, None, None] * s[..., None]                # (K, T, 2, N)
+        ctx.shared_s = s.dim() < m.dim()
+        u = m + tau[:, None, None, None] * (s[..., None] if ctx.shared_s else s)  # (K, T, 2, N)
         h, slope = _apply_nonlinearity(nonlinearity, u)
         r = h.sub_(y)                                                  # ν(u) − y
         grad_y = (-2 * w) @ r.flatten(1)
@@ -224,7 +261,9 @@ class _ExpectedSquaredError(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):  # noqa: ANN001, ANN205
         grad_m, grad_s, grad_y = ctx.saved_tensors
-        return grad * grad_m, (grad * grad_s).sum(-1), grad * grad_y, None, None
+        grad_s = grad * grad_s
+        return (grad * grad_m, grad_s.sum(-1) if ctx.shared_s else grad_s, grad * grad_y,
+                None, None)
 
 
 # ----------------------------------------------------------------------------- angle

@@ -49,10 +49,13 @@ def summarise(trials: pd.DataFrame) -> pd.DataFrame:
                              ignore_index=True)
 
 
-def summary_markdown(summary: pd.DataFrame, config: Any, seconds: float, device: Any) -> str:
-    """The summary table as Markdown, with the settings that produced it."""
+def summary_markdown(summary: pd.DataFrame, config: Any, seconds: float, device: Any,
+                     inference: str = "amortised") -> str:
+    """The summary table as Markdown, with the settings that produced it; ``inference`` is
+    "amortised" (encoder N(Cx + d, Σ)) or "unamortised" (per-point N(μ_i, Σ_i))."""
     schedule = ", ".join(f"n={n}×{t}" for n, t in config.schedule)
-    lines = ["# Kumar & Poole (2020), App. C: uniqueness of the latents", "",
+    suffix = "" if inference == "amortised" else f" ({inference} VI)"
+    lines = [f"# Kumar & Poole (2020), App. C: uniqueness of the latents{suffix}", "",
              f"Schedule (trials per ν and Σ): {schedule}; lr {config.learning_rate}, ÷10 every "
              f"n steps, {config.decays}n steps; seed {config.seed}; {seconds:.0f} s on {device}.",
              "", "| ν | Σ | trials | max ELBO | median abs angle, top quarter | "
@@ -73,8 +76,9 @@ def _elbo_limits(trials: pd.DataFrame) -> tuple[float, float]:
     return lo - pad, hi + pad
 
 
-def plot_angles(trials: pd.DataFrame, stem: str | Path) -> list[Path]:
-    """Scatter angle vs ELBO, one panel per ν (their Fig. 1, 5); writes stem.png and .pdf."""
+def plot_angles(trials: pd.DataFrame, stem: str | Path, title: str | None = None) -> list[Path]:
+    """Scatter angle vs ELBO, one panel per ν (their Fig. 1, 5, 6), under an optional
+    ``title``; writes stem.png and .pdf."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -87,6 +91,8 @@ def plot_angles(trials: pd.DataFrame, stem: str | Path) -> list[Path]:
         _panel(ax, trials[trials["nonlinearity"] == name], name)
     axes[0, 0].set_ylabel("rotation angle (degrees)")
     axes[0, -1].legend(loc="best", fontsize=8, framealpha=0.9)
+    if title:
+        fig.suptitle(title, fontsize=11)
     fig.tight_layout()
     stem = Path(stem)
     paths = []

@@ -9,6 +9,7 @@ angle (``analysis.kp.uniqueness_model``).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import pandas as pd
@@ -17,10 +18,10 @@ from tqdm import tqdm
 
 from analysis.kp.uniqueness_model import (
     NONLINEARITIES,
-    PARAMS,
     decoder_encoder,
     elbo_linear,
     elbo_quadrature,
+    generating_W,
     init_trial,
     make_data,
     procrustes_angle,
@@ -66,6 +67,10 @@ class Batch:
     n: torch.Tensor                 # (T,) decay period of each trial
 
 
+# ELBO per point of trials ``start:`` of a batch: (batch, config, ν, start) -> (T − start,)
+ElboFunction = Callable[[Batch, UniquenessConfig, str, int], torch.Tensor]
+
+
 def build_batch(config: UniquenessConfig, nonlinearity: str,
                 device: torch.device) -> Batch:
     """Data and initial state of every (n, trial, covariance) of one ν, sorted by n."""
@@ -83,6 +88,17 @@ def build_batch(config: UniquenessConfig, nonlinearity: str,
     return stack_batch(rows, params, fixed, zs, xs, periods, config.dtype, device)
 
 
+def set_generating_decoder(batch: Batch, config: UniquenessConfig, nonlinearity: str) -> None:
+    """Set every trial's decoder to the one that generated its data: A = W, b = 0."""
+    with torch.no_grad():
+        for i, row in enumerate(batch.rows):
+            g = trial_generator(config.seed, nonlinearity, row["iterations"] // config.decays,
+                                row["trial"])
+            W = generating_W(g)  # the W make_data drew for this trial
+            batch.params["A"][i] = W.to(batch.x) @ batch.fixed["O_A"][i]   # A = A' O_Aᵀ
+            batch.params["b"][i] = 0.0
+
+
 def stack_batch(rows: list[dict], params: list[dict], fixed: list[dict], zs: list, xs: list,
                  periods: list[int], dtype: str, device: torch.device) -> Batch:
     """One ``Batch`` from per-trial parts (float64, no batch dim), in the given order."""
@@ -92,7 +108,7 @@ def stack_batch(rows: list[dict], params: list[dict], fixed: list[dict], zs: lis
         return torch.stack(items).to(device=device, dtype=dt)
 
     return Batch(rows=rows,
-                 params={k: stack([p[k] for p in params]).requires_grad_() for k in PARAMS},
+                 params={k: stack([p[k] for p in params]).requires_grad_() for k in params[0]},
                  fixed={k: stack([f[k] for f in fixed]) for k in fixed[0]},
                  z=stack(zs), x=stack(xs), n=torch.tensor(periods, device=device))
 
@@ -111,43 +127,69 @@ def batch_elbo(batch: Batch, config: UniquenessConfig, nonlinearity: str,
 
 
 def train_batch(batch: Batch, config: UniquenessConfig, nonlinearity: str,
-                progress: tqdm | None = None, frozen: tuple[str, ...] = ()) -> None:
+                progress: tqdm | None = None, frozen: tuple[str, ...] = (),
+                elbo: ElboFunction | None = None) -> None:
     """Full-batch Adam on −ELBO; trial t uses lr·10^-⌊s/n_t⌋ and stops after decays·n_t.
 
     Adam runs on all parameters of a trial as one flat vector (elementwise, so this is the
     same update as one Adam per tensor, with far fewer small tensor operations per step).
-    Parameters named in ``frozen`` get zero gradients and so stay where they are.
+    Parameters named in ``frozen`` get zero gradients and so stay where they are. ``elbo``
+    is the objective of the batch's variational family (default: the amortised encoder's).
     """
-    beta1, beta2, eps = 0.9, 0.999, 1e-8
+    elbo = elbo or batch_elbo
+    names = tuple(batch.params)
     T = len(batch.rows)
-    sizes = [batch.params[k][0].numel() for k in PARAMS]
-    dtype = batch.params[PARAMS[0]].dtype
-    m1 = torch.zeros(T, sum(sizes), dtype=dtype, device=batch.x.device)
-    m2 = torch.zeros_like(m1)
+    sizes = [batch.params[k][0].numel() for k in names]
+    dtype = batch.params[names[0]].dtype
+    # Adam's moments and scratch, (T, P) each, reused: a fresh multi-MB tensor every step
+    # (per-point parameters) costs more in page faults than the arithmetic.
+    m1, m2, g, update, scratch = torch.zeros(5, T, sum(sizes), dtype=dtype,
+                                             device=batch.x.device)
     total = batch.n * config.decays
     lr_all = config.learning_rate * 10.0 ** -torch.arange(config.decays, dtype=torch.float64)
     for step in range(int(total.max())):
         start = int(torch.searchsorted(total, step, right=True))       # first active trial
-        loss = -batch_elbo(batch, config, nonlinearity, start).sum()
-        grads = torch.autograd.grad(loss, [batch.params[k] for k in PARAMS])
-        grads = [g.zero_() if k in frozen else g for k, g in zip(PARAMS, grads, strict=True)]
+        loss = -elbo(batch, config, nonlinearity, start).sum()
+        grads = torch.autograd.grad(loss, [batch.params[k] for k in names])
+        grads = [gk.zero_() if k in frozen else gk for k, gk in zip(names, grads, strict=True)]
         with torch.no_grad():
-            g = torch.cat([gk[start:].reshape(T - start, -1) for gk in grads], 1)  # (., P)
-            m, v = m1[start:], m2[start:]
-            m.mul_(beta1).add_(g, alpha=1 - beta1)
-            v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+            torch.cat([gk[start:].reshape(T - start, -1) for gk in grads], 1, out=g[start:])
             lr = lr_all[torch.div(step, batch.n[start:], rounding_mode="floor").cpu()]
-            lr = (lr / (1 - beta1 ** (step + 1))).to(dtype=dtype, device=m.device)
-            update = m * lr[:, None] / (v / (1 - beta2 ** (step + 1))).sqrt_().add_(eps)
-            for k, u in zip(PARAMS, update.split(sizes, 1), strict=True):
+            lr = (lr / (1 - 0.9 ** (step + 1))).to(dtype=dtype, device=g.device)
+            _adam_update(g[start:], m1[start:], m2[start:], lr, step, update[start:],
+                         scratch[start:])
+            for k, u in zip(names, update[start:].split(sizes, 1), strict=True):
                 batch.params[k][start:].sub_(u.view_as(batch.params[k][start:]))
         if progress is not None:
             progress.update(1)
 
 
+def _adam_update(g: torch.Tensor, m: torch.Tensor, v: torch.Tensor, lr: torch.Tensor,
+                 step: int, out: torch.Tensor, scratch: torch.Tensor) -> None:
+    """Adam (β = 0.9, 0.999; ε = 1e-8) for rows of flat parameters: updates the moments m, v
+    in place and writes the step lr_t·m / (√(v / (1 − β₂ᵗ)) + ε) into ``out``; ``lr`` (rows,)
+    already carries the 1/(1 − β₁ᵗ) bias correction."""
+    beta1, beta2, eps = 0.9, 0.999, 1e-8
+    m.mul_(beta1).add_(g, alpha=1 - beta1)
+    v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+    torch.div(v, 1 - beta2 ** (step + 1), out=scratch).sqrt_().add_(eps)
+    torch.mul(m, lr[:, None], out=out).div_(scratch)
+
+
+def encoder_means(batch: Batch) -> torch.Tensor:
+    """Posterior means C x + d of the amortised encoder, (T, N, 2)."""
+    _, C, d, _, _ = decoder_encoder(batch.params, batch.fixed)
+    return batch.x @ C.mT + d[:, None, :]
+
+
 def evaluate_batch(batch: Batch, config: UniquenessConfig, nonlinearity: str,
-                   chunk: int = 16) -> pd.DataFrame:
-    """Final ELBO (float64, 32 quadrature nodes) and Procrustes angle of every trial."""
+                   chunk: int = 16, elbo: ElboFunction | None = None,
+                   means: Callable[[Batch], torch.Tensor] = encoder_means) -> pd.DataFrame:
+    """Final ELBO (float64, 32 quadrature nodes) and Procrustes angle of every trial.
+
+    ``elbo`` and ``means`` are those of the batch's variational family (default: the
+    amortised encoder's); the angle is between the true z and the posterior means."""
+    elbo = elbo or batch_elbo
     exact = UniquenessConfig(**{**asdict(config), "quadrature_nodes": 32, "dtype": "float64"})
     elbos, angles = [], []
     with torch.no_grad():
@@ -157,9 +199,8 @@ def evaluate_batch(batch: Batch, config: UniquenessConfig, nonlinearity: str,
                          fixed={k: v[lo:lo + chunk].double() for k, v in batch.fixed.items()},
                          z=batch.z[lo:lo + chunk].double(), x=batch.x[lo:lo + chunk].double(),
                          n=batch.n[lo:lo + chunk])
-            elbos.append(batch_elbo(part, exact, nonlinearity))
-            _, C, d, _, _ = decoder_encoder(part.params, part.fixed)
-            angles.append(procrustes_angle(part.z, part.x @ C.mT + d[:, None, :]))
+            elbos.append(elbo(part, exact, nonlinearity))
+            angles.append(procrustes_angle(part.z, means(part)))
     table = pd.DataFrame(batch.rows)
     table["elbo"] = torch.cat(elbos).cpu().numpy()
     table["angle_deg"] = torch.cat(angles).cpu().numpy()

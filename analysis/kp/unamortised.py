@@ -1,0 +1,139 @@
+"""Kumar & Poole (2020), Appendix C: the uniqueness experiment with unamortised VI (Fig. 6).
+
+Same data, decoder, schedule and trials as ``analysis.kp.uniqueness``, but instead of an
+encoder every data point i has its own posterior q_i(z) = N(μ_i, Σ_i), all learned:
+
+    A = A' O_Aᵀ,  μ_i = O_M μ'_i,  Σ_i = O_S L_i L_iᵀ O_Sᵀ,  L_i = [[e^{l_i1}, 0], [ℓ_i, e^{l_i2}]]
+
+with A', b, μ'_i, l_i, ℓ_i learned and the O's fixed random rotations per trial (their
+"Σ_i = O D'_i D'_iᵀ Oᵀ"); a diagonal Σ_i has O_S = I and ℓ_i ≡ 0, as in the amortised
+model. A trial starts from the amortised trial's initial state: its A, rotations O_A, O_S,
+and μ_i = C x_i + d of its initial encoder (O_M = O_C), so μ'_i = C' x_i + d'.
+
+The angle is between the true z and the per-point means μ_i. Without an encoder there is no
+amortisation gap: each q_i is the best Gaussian (diagonal or full) for its own x_i.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from analysis.kp.uniqueness_model import elbo_per_point, init_trial, make_data, trial_generator
+from analysis.kp.uniqueness_training import (
+    COVARIANCES,
+    Batch,
+    UniquenessConfig,
+    evaluate_batch,
+    set_generating_decoder,
+    stack_batch,
+    train_batch,
+)
+
+UNAMORTISED_PARAMS = ("A", "b", "m", "log_diag", "off")  # learned parameters of one trial
+
+
+def init_unamortised(generator: torch.Generator, full: bool,
+                     x: torch.Tensor) -> tuple[dict, dict]:
+    """Initial per-point parameters and fixed rotations of one trial, for data x (N, 2).
+
+    Draws exactly what ``init_trial`` draws, so the trial starts where its amortised twin
+    does: the same A and rotations, and μ_i = C x_i + d of the same initial encoder. The
+    per-point parameters are stored points innermost: μ' and l as (2, N), ℓ as (N,)."""
+    amortised, fixed = init_trial(generator, full)
+    n = x.shape[0]
+    params = {"A": amortised["A"], "b": amortised["b"],
+              "m": amortised["C"] @ x.T + amortised["d"][:, None],       # μ'_i, (2, N)
+              "log_diag": torch.zeros(2, n, dtype=torch.float64),
+              "off": torch.zeros(n, dtype=torch.float64)}
+    fixed = {"O_A": fixed["O_A"], "O_M": fixed["O_C"], "O_S": fixed["O_S"],
+             "full": fixed["full"]}
+    return params, fixed
+
+
+def posteriors(params: dict, fixed: dict) -> tuple[torch.Tensor, ...]:
+    """Effective (A, b, μ, Σ, log det Σ): (T, 2, 2), (T, 2), (T, N, 2), (T, N, 2, 2), (T, N).
+
+    μ and Σ are views of (T, 2, N) and (T, 2, 2, N) tensors (points innermost, which is what
+    vectorises in ``elbo_per_point``):
+    L_i L_iᵀ = [[e^{2l₁}, e^{l₁}ℓ], [e^{l₁}ℓ, ℓ² + e^{2l₂}]], rotated by O_S with two
+    batched products over all points at once."""
+    A = params["A"] @ fixed["O_A"].mT                                  # (T, 2, 2)
+    mu = fixed["O_M"] @ params["m"]                                    # (T, 2, N)
+    T, N = mu.shape[0], mu.shape[2]
+    e1, e2 = params["log_diag"].exp().unbind(1)                        # (T, N) each
+    off = params["off"] * fixed["full"][:, None]
+    cross = e1 * off
+    LL = torch.stack([e1.square(), cross, cross, off.square() + e2.square()], 1)  # (T, 4, N)
+    O = fixed["O_S"]
+    OLL = (O @ LL.view(T, 2, 2 * N)).view(T, 2, 2, N)                  # (O LLᵀ)_{a d i}
+    Sigma = (O @ OLL.transpose(1, 2).reshape(T, 2, 2 * N)).view(T, 2, 2, N)  # Σ = Σᵀ
+    logdet = 2 * params["log_diag"].sum(1)
+    return A, params["b"], mu.mT, Sigma.permute(0, 3, 1, 2), logdet
+
+
+def unamortised_elbo(batch: Batch, config: UniquenessConfig, nonlinearity: str,
+                     start: int = 0) -> torch.Tensor:
+    """ELBO per point of trials ``start:`` of an unamortised batch, (T − start,)."""
+    params = {k: v[start:] for k, v in batch.params.items()}
+    fixed = {k: v[start:] for k, v in batch.fixed.items()}
+    return elbo_per_point(*posteriors(params, fixed), batch.x[start:], nonlinearity,
+                          config.noise_std, config.quadrature_nodes)
+
+
+def unamortised_means(batch: Batch) -> torch.Tensor:
+    """The per-point posterior means μ_i, (T, N, 2)."""
+    return (batch.fixed["O_M"] @ batch.params["m"]).mT
+
+
+def build_unamortised_batch(config: UniquenessConfig, nonlinearity: str,
+                            device: torch.device) -> Batch:
+    """Data and initial state of every (n, trial, covariance) of one ν, sorted by n; the
+    rows, data and initial decoder are those of ``build_batch``."""
+    rows, params, fixed, zs, xs = [], [], [], [], []
+    for n, trials in sorted(config.schedule):
+        for trial in range(trials):
+            for covariance in COVARIANCES:
+                g = trial_generator(config.seed, nonlinearity, n, trial)
+                z, x = make_data(nonlinearity, config.n_points, config.noise_std, g)
+                p, f = init_unamortised(g, covariance == "full", x)
+                rows.append({"nonlinearity": nonlinearity, "covariance": covariance,
+                             "iterations": config.decays * n, "trial": trial})
+                params.append(p), fixed.append(f), zs.append(z), xs.append(x)
+    periods = [r["iterations"] // config.decays for r in rows]
+    return stack_batch(rows, params, fixed, zs, xs, periods, config.dtype, device)
+
+
+def run_unamortised(config: UniquenessConfig, device: torch.device,
+                    progress: bool = True) -> pd.DataFrame:
+    """Every trial of ``config`` with unamortised VI; rows as ``run_experiment``'s."""
+    steps = config.decays * max(n for n, _ in config.schedule)
+    tables = []
+    with tqdm(total=steps * len(config.nonlinearities), desc="kp uniqueness (unamortised)",
+              unit="step", disable=not progress) as bar:
+        for nonlinearity in config.nonlinearities:
+            bar.set_postfix_str(nonlinearity)
+            batch = build_unamortised_batch(config, nonlinearity, device)
+            train_batch(batch, config, nonlinearity, bar, elbo=unamortised_elbo)
+            tables.append(evaluate_unamortised(batch, config, nonlinearity))
+    table = pd.concat(tables, ignore_index=True)
+    return table.sort_values(["nonlinearity", "covariance", "iterations", "trial"],
+                             ignore_index=True)
+
+
+def fit_to_generating_decoder(config: UniquenessConfig, nonlinearity: str,
+                              device: torch.device | str = "cpu") -> Batch:
+    """The trials of ``config`` with the decoder fixed at the generating one (A = W, b = 0)
+    and only the per-point posteriors trained (cf. ``true_decoder_trials``)."""
+    batch = build_unamortised_batch(config, nonlinearity, torch.device(device))
+    set_generating_decoder(batch, config, nonlinearity)
+    train_batch(batch, config, nonlinearity, frozen=("A", "b"), elbo=unamortised_elbo)
+    return batch
+
+
+def evaluate_unamortised(batch: Batch, config: UniquenessConfig,
+                         nonlinearity: str) -> pd.DataFrame:
+    """One row per trial of a trained unamortised batch: exact ELBO and angle of the μ_i."""
+    return evaluate_batch(batch, config, nonlinearity, elbo=unamortised_elbo,
+                          means=unamortised_means)
