@@ -8,12 +8,17 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import pandas as pd
 import torch
 from tqdm import tqdm
 
-from analysis.kp.uniqueness_model import NONLINEARITIES, init_trial, make_data, rotation_matrix
+from analysis.kp.uniqueness_model import (
+    NONLINEARITIES,
+    init_trial,
+    make_data,
+    rotation_matrix,
+    seeded_generator,
+)
 from analysis.kp.uniqueness_training import (
     Batch,
     UniquenessConfig,
@@ -32,9 +37,7 @@ def orientation_generator(seed: int, nonlinearity: str, stream: int) -> torch.Ge
     """Stream 0 draws the sweep's data (z, ε); stream k ≥ 1 the k-th initialisation.
 
     The key has a fifth element, so no stream coincides with a ``trial_generator``'s."""
-    key = [seed, list(NONLINEARITIES).index(nonlinearity), stream, 0, 1]
-    state = np.random.SeedSequence(key).generate_state(2, dtype=np.uint64)
-    return torch.Generator().manual_seed(int(state[0] >> np.uint64(1)))
+    return seeded_generator([seed, list(NONLINEARITIES).index(nonlinearity), stream, 0, 1])
 
 
 def orientation_batch(config: UniquenessConfig, nonlinearity: str, q_angles_deg: list[float],

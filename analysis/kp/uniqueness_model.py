@@ -88,11 +88,15 @@ def make_data(nonlinearity: str, n_points: int, noise_std: float, generator: tor
     return z, NONLINEARITIES[nonlinearity](z @ W.T) + eps
 
 
-def trial_generator(seed: int, nonlinearity: str, n: int, trial: int) -> torch.Generator:
-    """The generator of one trial; diagonal and full trials share it (paired design)."""
-    key = [seed, list(NONLINEARITIES).index(nonlinearity), n, trial]
+def seeded_generator(key: list[int]) -> torch.Generator:
+    """A CPU generator seeded from a list of non-negative ints (numpy's SeedSequence)."""
     state = np.random.SeedSequence(key).generate_state(2, dtype=np.uint64)
     return torch.Generator().manual_seed(int(state[0] >> np.uint64(1)))
+
+
+def trial_generator(seed: int, nonlinearity: str, n: int, trial: int) -> torch.Generator:
+    """The generator of one trial; diagonal and full trials share it (paired design)."""
+    return seeded_generator([seed, list(NONLINEARITIES).index(nonlinearity), n, trial])
 
 
 # ----------------------------------------------------------------------------- model

@@ -13,9 +13,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
-
-from rdbench.io import atomic_write
 
 # Okabe–Ito colours (colour-blind safe); markers differ too.
 STYLE = {"diagonal": {"color": "#0072B2", "marker": "o", "label": "diagonal Σ"},
@@ -79,10 +78,9 @@ def _elbo_limits(trials: pd.DataFrame) -> tuple[float, float]:
 def plot_angles(trials: pd.DataFrame, stem: str | Path, title: str | None = None) -> list[Path]:
     """Scatter angle vs ELBO, one panel per ν (their Fig. 1, 5, 6), under an optional
     ``title``; writes stem.png and .pdf."""
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from analysis.plot_style import save
 
     names = [n for n in ["identity", "tanh", "sigmoid", "elu"]
              if n in set(trials["nonlinearity"])]
@@ -94,14 +92,7 @@ def plot_angles(trials: pd.DataFrame, stem: str | Path, title: str | None = None
     if title:
         fig.suptitle(title, fontsize=11)
     fig.tight_layout()
-    stem = Path(stem)
-    paths = []
-    for suffix in (".png", ".pdf"):
-        path = stem.with_suffix(suffix)
-        atomic_write(path, lambda f, s=suffix: fig.savefig(f, format=s[1:], dpi=150))
-        paths.append(path)
-    plt.close(fig)
-    return paths
+    return save(fig, stem)
 
 
 def _panel(ax: Any, trials: pd.DataFrame, name: str) -> None:
@@ -130,6 +121,14 @@ NU_STYLE = {"identity": {"color": "#000000", "marker": "o"},
             "elu": {"color": "#CC79A7", "marker": "D"}}
 
 
+def circular_spread(angles_deg: np.ndarray, period: float = 90.0) -> float:
+    """Length of the shortest arc holding all angles, modulo ``period`` (the angles live in
+    (−45°, 45°], where 44.9° and −44.9° are 0.2° apart)."""
+    a = np.sort(np.mod(angles_deg, period))
+    gaps = np.diff(np.concatenate([a, a[:1] + period]))
+    return float(period - gaps.max())
+
+
 def best_per_orientation(table: pd.DataFrame) -> pd.DataFrame:
     """Per (ν, α): the highest-ELBO init's angle and ELBO, and the spread of the angles
     over all inits (max − min; ~0 when every init finds the same optimum)."""
@@ -138,7 +137,7 @@ def best_per_orientation(table: pd.DataFrame) -> pd.DataFrame:
         best = group.loc[group["elbo"].idxmax()]
         rows.append({"nonlinearity": nonlinearity, "q_angle_deg": q_angle,
                      "elbo": best["elbo"], "angle_deg": best["angle_deg"],
-                     "init_spread_deg": group["angle_deg"].max() - group["angle_deg"].min()})
+                     "init_spread_deg": circular_spread(group["angle_deg"].to_numpy())})
     order = {name: i for i, name in enumerate(ORDER)}
     return pd.DataFrame(rows).sort_values(
         ["nonlinearity", "q_angle_deg"], ignore_index=True,
@@ -168,10 +167,9 @@ def orientation_markdown(table: pd.DataFrame, config: Any, seconds: float, devic
 def plot_orientations(table: pd.DataFrame, stem: str | Path) -> list[Path]:
     """Angle of the highest-ELBO init vs W's orientation α, one line per ν; all inits as
     faint markers. Writes stem.png and stem.pdf."""
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from analysis.plot_style import save
 
     best = best_per_orientation(table)
     fig, ax = plt.subplots(figsize=(5.6, 3.6))
@@ -191,11 +189,4 @@ def plot_orientations(table: pd.DataFrame, stem: str | Path) -> list[Path]:
     ax.grid(alpha=0.25)
     ax.legend(loc="best", fontsize=8, framealpha=0.9)
     fig.tight_layout()
-    stem = Path(stem)
-    paths = []
-    for suffix in (".png", ".pdf"):
-        path = stem.with_suffix(suffix)
-        atomic_write(path, lambda f, s=suffix: fig.savefig(f, format=s[1:], dpi=150))
-        paths.append(path)
-    plt.close(fig)
-    return paths
+    return save(fig, stem)
