@@ -20,14 +20,13 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from analysis.kp.uniqueness_model import elbo_per_point, init_trial, make_data, trial_generator
+from analysis.kp.uniqueness_model import elbo_per_point, init_trial
 from analysis.kp.uniqueness_training import (
-    COVARIANCES,
     Batch,
     UniquenessConfig,
+    build_batch,
     evaluate_batch,
     set_generating_decoder,
-    stack_batch,
     train_batch,
 )
 
@@ -91,18 +90,7 @@ def build_unamortised_batch(config: UniquenessConfig, nonlinearity: str,
                             device: torch.device) -> Batch:
     """Data and initial state of every (n, trial, covariance) of one ν, sorted by n; the
     rows, data and initial decoder are those of ``build_batch``."""
-    rows, params, fixed, zs, xs = [], [], [], [], []
-    for n, trials in sorted(config.schedule):
-        for trial in range(trials):
-            for covariance in COVARIANCES:
-                g = trial_generator(config.seed, nonlinearity, n, trial)
-                z, x = make_data(nonlinearity, config.n_points, config.noise_std, g)
-                p, f = init_unamortised(g, covariance == "full", x)
-                rows.append({"nonlinearity": nonlinearity, "covariance": covariance,
-                             "iterations": config.decays * n, "trial": trial})
-                params.append(p), fixed.append(f), zs.append(z), xs.append(x)
-    periods = [r["iterations"] // config.decays for r in rows]
-    return stack_batch(rows, params, fixed, zs, xs, periods, config.dtype, device)
+    return build_batch(config, nonlinearity, device, init=init_unamortised)
 
 
 def run_unamortised(config: UniquenessConfig, device: torch.device,

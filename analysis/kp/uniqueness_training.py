@@ -71,16 +71,23 @@ class Batch:
 ElboFunction = Callable[[Batch, UniquenessConfig, str, int], torch.Tensor]
 
 
-def build_batch(config: UniquenessConfig, nonlinearity: str,
-                device: torch.device) -> Batch:
-    """Data and initial state of every (n, trial, covariance) of one ν, sorted by n."""
+# initial (params, fixed) of one trial from its generator (after the data), Σ full?, data x
+InitFunction = Callable[[torch.Generator, bool, torch.Tensor], tuple[dict, dict]]
+
+
+def build_batch(config: UniquenessConfig, nonlinearity: str, device: torch.device,
+                init: InitFunction | None = None) -> Batch:
+    """Data and initial state of every (n, trial, covariance) of one ν, sorted by n.
+
+    ``init`` draws a trial's parameters (default: the amortised model, ``init_trial``)."""
+    init = init or (lambda g, full, x: init_trial(g, full))
     rows, params, fixed, zs, xs = [], [], [], [], []
     for n, trials in sorted(config.schedule):
         for trial in range(trials):
             for covariance in COVARIANCES:
                 g = trial_generator(config.seed, nonlinearity, n, trial)
                 z, x = make_data(nonlinearity, config.n_points, config.noise_std, g)
-                p, f = init_trial(g, covariance == "full")
+                p, f = init(g, covariance == "full", x)
                 rows.append({"nonlinearity": nonlinearity, "covariance": covariance,
                              "iterations": config.decays * n, "trial": trial})
                 params.append(p), fixed.append(f), zs.append(z), xs.append(x)
