@@ -85,6 +85,8 @@ def _register_kp(commands: argparse._SubParsersAction) -> None:
     q.add_argument("--out", required=True, help="output directory")
     q.add_argument("--quick", action="store_true", help="fewer trials; minutes on a CPU")
     q.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    q.add_argument("--nonlinearities", nargs="+", metavar="NU", default=None,
+                   help="a subset of identity tanh sigmoid elu (default: all four)")
     q.add_argument("--orientations", type=float, nargs="?", const=7.5, default=None,
                    metavar="STEP", help="instead: diagonal-Σ sweep of W's orientation over "
                    "[0°, 90°) every STEP degrees (default 7.5)")

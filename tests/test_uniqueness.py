@@ -314,7 +314,8 @@ def test_cli_rejects_bad_input_before_work(tmp_path, capsys) -> None:
     (tmp_path / "full" / "x").write_text("x")
     for argv in (["--out", str(tmp_path / "full")],
                  ["--out", str(tmp_path / "new"), "--seed", "-1"],
-                 ["--out", str(tmp_path / "new"), "--device", "tpu"]):
+                 ["--out", str(tmp_path / "new"), "--device", "tpu"],
+                 ["--out", str(tmp_path / "new"), "--nonlinearities", "relu"]):
         assert rdbench_main(["kp", "uniqueness", *argv]) == 2
         err = capsys.readouterr().err
         assert err.startswith("rdbench: error:") and err.count("\n") == 1

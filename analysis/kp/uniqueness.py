@@ -34,6 +34,7 @@ from analysis.kp.orientations import (
     orientation_angles,
     orientation_sweep,
 )
+from analysis.kp.uniqueness_model import NONLINEARITIES
 from analysis.kp.uniqueness_training import (
     PAPER_SCHEDULE,
     QUICK_SCHEDULE,
@@ -122,6 +123,13 @@ def main(args: argparse.Namespace) -> int:
                          "(the orientation sweep trains the amortised encoder)")
     check_output_dir(args.out, args.force)
     config = make_config(args.quick, getattr(args, "seed", 0))
+    names = getattr(args, "nonlinearities", None)
+    if names:
+        unknown = [n for n in names if n not in NONLINEARITIES]
+        if unknown:
+            raise InputError(f"unknown nonlinearity {unknown[0]!r}; "
+                             f"choose from {' '.join(NONLINEARITIES)}")
+        config = replace(config, nonlinearities=tuple(dict.fromkeys(names)))
     if getattr(args, "orientations", None) is not None:
         angles = orientation_angles(args.orientations)
         config = replace(config, schedule=(ORIENTATION_QUICK if args.quick
