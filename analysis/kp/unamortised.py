@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import pandas as pd
 import torch
-from tqdm import tqdm
 
 from analysis.kp.uniqueness_model import elbo_per_point, init_trial
 from analysis.kp.uniqueness_training import (
@@ -26,8 +25,10 @@ from analysis.kp.uniqueness_training import (
     UniquenessConfig,
     build_batch,
     evaluate_batch,
+    run_trials,
     set_generating_decoder,
     train_batch,
+    trials_from,
 )
 
 UNAMORTISED_PARAMS = ("A", "b", "m", "log_diag", "off")  # learned parameters of one trial
@@ -75,10 +76,9 @@ def posteriors(params: dict, fixed: dict) -> tuple[torch.Tensor, ...]:
 def unamortised_elbo(batch: Batch, config: UniquenessConfig, nonlinearity: str,
                      start: int = 0) -> torch.Tensor:
     """ELBO per point of trials ``start:`` of an unamortised batch, (T − start,)."""
-    params = {k: v[start:] for k, v in batch.params.items()}
-    fixed = {k: v[start:] for k, v in batch.fixed.items()}
-    return elbo_per_point(*posteriors(params, fixed), batch.x[start:], nonlinearity,
-                          config.noise_std, config.quadrature_nodes)
+    params, fixed, x = trials_from(batch, start)
+    return elbo_per_point(*posteriors(params, fixed), x, nonlinearity, config.noise_std,
+                          config.quadrature_nodes)
 
 
 def unamortised_means(batch: Batch) -> torch.Tensor:
@@ -96,18 +96,9 @@ def build_unamortised_batch(config: UniquenessConfig, nonlinearity: str,
 def run_unamortised(config: UniquenessConfig, device: torch.device,
                     progress: bool = True) -> pd.DataFrame:
     """Every trial of ``config`` with unamortised VI; rows as ``run_experiment``'s."""
-    steps = config.decays * max(n for n, _ in config.schedule)
-    tables = []
-    with tqdm(total=steps * len(config.nonlinearities), desc="kp uniqueness (unamortised)",
-              unit="step", disable=not progress) as bar:
-        for nonlinearity in config.nonlinearities:
-            bar.set_postfix_str(nonlinearity)
-            batch = build_unamortised_batch(config, nonlinearity, device)
-            train_batch(batch, config, nonlinearity, bar, elbo=unamortised_elbo)
-            tables.append(evaluate_unamortised(batch, config, nonlinearity))
-    table = pd.concat(tables, ignore_index=True)
-    return table.sort_values(["nonlinearity", "covariance", "iterations", "trial"],
-                             ignore_index=True)
+    return run_trials(config, device, progress, build=build_unamortised_batch,
+                      elbo=unamortised_elbo, means=unamortised_means,
+                      desc="kp uniqueness (unamortised)")
 
 
 def fit_to_generating_decoder(config: UniquenessConfig, nonlinearity: str,

@@ -26,7 +26,6 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from tqdm import tqdm
 
 from analysis.kp.orientations import (
     ORIENTATION_FULL,
@@ -34,36 +33,24 @@ from analysis.kp.orientations import (
     orientation_angles,
     orientation_sweep,
 )
-from analysis.kp.uniqueness_model import NONLINEARITIES
 from analysis.kp.uniqueness_training import (
     PAPER_SCHEDULE,
     QUICK_SCHEDULE,
+    TRIAL_COLUMNS,
     UniquenessConfig,
     build_batch,
     evaluate_batch,
+    run_trials,
     set_generating_decoder,
     train_batch,
 )
 from rdbench.io import InputError, atomic_write_json, atomic_write_text, staged_directory
 
-TRIAL_COLUMNS = ("nonlinearity", "covariance", "iterations", "trial", "elbo", "angle_deg")
-
 
 def run_experiment(config: UniquenessConfig, device: torch.device,
                    progress: bool = True) -> pd.DataFrame:
     """Train and evaluate every trial; one row per trial (see ``TRIAL_COLUMNS``)."""
-    steps = config.decays * max(n for n, _ in config.schedule)
-    tables = []
-    with tqdm(total=steps * len(config.nonlinearities), desc="kp uniqueness", unit="step",
-              disable=not progress) as bar:
-        for nonlinearity in config.nonlinearities:
-            bar.set_postfix_str(nonlinearity)
-            batch = build_batch(config, nonlinearity, device)
-            train_batch(batch, config, nonlinearity, bar)
-            tables.append(evaluate_batch(batch, config, nonlinearity))
-    table = pd.concat(tables, ignore_index=True)
-    return table.sort_values(["nonlinearity", "covariance", "iterations", "trial"],
-                             ignore_index=True)[list(TRIAL_COLUMNS)]
+    return run_trials(config, device, progress)
 
 
 def same_data_trials(nonlinearity: str, n: int, inits: int, *, seed: int = 0,
@@ -124,24 +111,20 @@ def main(args: argparse.Namespace) -> int:
     check_output_dir(args.out, args.force)
     config = make_config(args.quick, getattr(args, "seed", 0))
     names = getattr(args, "nonlinearities", None)
-    if names:
-        unknown = [n for n in names if n not in NONLINEARITIES]
-        if unknown:
-            raise InputError(f"unknown nonlinearity {unknown[0]!r}; "
-                             f"choose from {' '.join(NONLINEARITIES)}")
+    if names:  # UniquenessConfig rejects unknown names
         config = replace(config, nonlinearities=tuple(dict.fromkeys(names)))
     if getattr(args, "orientations", None) is not None:
         angles = orientation_angles(args.orientations)
         config = replace(config, schedule=(ORIENTATION_QUICK if args.quick
                                            else ORIENTATION_FULL,))
-        return _main_orientations(args, config, angles, resolve_device(args.device))
     device = resolve_device(args.device)
     # Tensors are small (≤ a few MB): intra-op threads only add contention on a shared CPU.
     torch.set_num_threads(1)
+    if getattr(args, "orientations", None) is not None:
+        return _main_orientations(args, config, angles, device)
     torch.manual_seed(config.seed)
     started = time.perf_counter()
     trials = (run_unamortised if unamortised else run_experiment)(config, device)
-    trials = trials[list(TRIAL_COLUMNS)]
     seconds = time.perf_counter() - started
     summary = summarise(trials)
     inference = "unamortised" if unamortised else "amortised"
@@ -165,7 +148,6 @@ def _main_orientations(args: argparse.Namespace, config: UniquenessConfig,
     """Run the orientation sweep; write orientations.csv/.md, config.json and the figure."""
     from analysis.kp.uniqueness_plot import orientation_markdown, plot_orientations
 
-    torch.set_num_threads(1)
     started = time.perf_counter()
     table = orientation_sweep(config, angles, device, progress=True)
     seconds = time.perf_counter() - started

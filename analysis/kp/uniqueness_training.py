@@ -10,7 +10,7 @@ angle (``analysis.kp.uniqueness_model``).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, replace
 
 import pandas as pd
 import torch
@@ -27,6 +27,7 @@ from analysis.kp.uniqueness_model import (
     procrustes_angle,
     trial_generator,
 )
+from rdbench.io import InputError
 
 COVARIANCES = ("diagonal", "full")
 # The paper's schedule: n -> random trials (420 per ν and covariance).
@@ -50,6 +51,15 @@ class UniquenessConfig:
     dtype: str = "float32"
     seed: int = 0
     optimizer: str = field(default="adam (full batch, betas 0.9/0.999, eps 1e-8)")
+
+    def __post_init__(self) -> None:
+        unknown = [n for n in self.nonlinearities if n not in NONLINEARITIES]
+        if unknown:
+            raise InputError(f"unknown nonlinearity {unknown[0]!r}; "
+                             f"choose from {' '.join(NONLINEARITIES)}")
+
+
+TRIAL_COLUMNS = ("nonlinearity", "covariance", "iterations", "trial", "elbo", "angle_deg")
 
 
 # ----------------------------------------------------------------------------- training
@@ -120,12 +130,16 @@ def stack_batch(rows: list[dict], params: list[dict], fixed: list[dict], zs: lis
                  z=stack(zs), x=stack(xs), n=torch.tensor(periods, device=device))
 
 
+def trials_from(batch: Batch, start: int) -> tuple[dict, dict, torch.Tensor]:
+    """Params, fixed parts and data x of trials ``start:`` of the batch."""
+    return ({k: v[start:] for k, v in batch.params.items()},
+            {k: v[start:] for k, v in batch.fixed.items()}, batch.x[start:])
+
+
 def batch_elbo(batch: Batch, config: UniquenessConfig, nonlinearity: str,
                start: int = 0) -> torch.Tensor:
     """ELBO per point of trials ``start:`` of the batch, (T − start,)."""
-    params = {k: v[start:] for k, v in batch.params.items()}
-    fixed = {k: v[start:] for k, v in batch.fixed.items()}
-    x = batch.x[start:]
+    params, fixed, x = trials_from(batch, start)
     if nonlinearity == "identity":
         second = x.mT @ x / x.shape[1]
         return elbo_linear(params, fixed, x.mean(1), second, config.noise_std)
@@ -135,7 +149,7 @@ def batch_elbo(batch: Batch, config: UniquenessConfig, nonlinearity: str,
 
 def train_batch(batch: Batch, config: UniquenessConfig, nonlinearity: str,
                 progress: tqdm | None = None, frozen: tuple[str, ...] = (),
-                elbo: ElboFunction | None = None) -> None:
+                elbo: ElboFunction = batch_elbo) -> None:
     """Full-batch Adam on −ELBO; trial t uses lr·10^-⌊s/n_t⌋ and stops after decays·n_t.
 
     Adam runs on all parameters of a trial as one flat vector (elementwise, so this is the
@@ -143,7 +157,6 @@ def train_batch(batch: Batch, config: UniquenessConfig, nonlinearity: str,
     Parameters named in ``frozen`` get zero gradients and so stay where they are. ``elbo``
     is the objective of the batch's variational family (default: the amortised encoder's).
     """
-    elbo = elbo or batch_elbo
     names = tuple(batch.params)
     T = len(batch.rows)
     sizes = [batch.params[k][0].numel() for k in names]
@@ -190,14 +203,13 @@ def encoder_means(batch: Batch) -> torch.Tensor:
 
 
 def evaluate_batch(batch: Batch, config: UniquenessConfig, nonlinearity: str,
-                   chunk: int = 16, elbo: ElboFunction | None = None,
+                   chunk: int = 16, elbo: ElboFunction = batch_elbo,
                    means: Callable[[Batch], torch.Tensor] = encoder_means) -> pd.DataFrame:
     """Final ELBO (float64, 32 quadrature nodes) and Procrustes angle of every trial.
 
     ``elbo`` and ``means`` are those of the batch's variational family (default: the
     amortised encoder's); the angle is between the true z and the posterior means."""
-    elbo = elbo or batch_elbo
-    exact = UniquenessConfig(**{**asdict(config), "quadrature_nodes": 32, "dtype": "float64"})
+    exact = replace(config, quadrature_nodes=32, dtype="float64")
     elbos, angles = [], []
     with torch.no_grad():
         for lo in range(0, len(batch.rows), chunk):
@@ -212,3 +224,25 @@ def evaluate_batch(batch: Batch, config: UniquenessConfig, nonlinearity: str,
     table["elbo"] = torch.cat(elbos).cpu().numpy()
     table["angle_deg"] = torch.cat(angles).cpu().numpy()
     return table
+
+
+def run_trials(config: UniquenessConfig, device: torch.device, progress: bool = True, *,
+               build: Callable[[UniquenessConfig, str, torch.device], Batch] = build_batch,
+               elbo: ElboFunction = batch_elbo,
+               means: Callable[[Batch], torch.Tensor] = encoder_means,
+               desc: str = "kp uniqueness") -> pd.DataFrame:
+    """Train and evaluate every trial of ``config``, one batch per ν, with the variational
+    family given by ``build``, ``elbo`` and ``means`` (default: the amortised encoder's);
+    one row per trial, columns ``TRIAL_COLUMNS``."""
+    steps = config.decays * max(n for n, _ in config.schedule)
+    tables = []
+    with tqdm(total=steps * len(config.nonlinearities), desc=desc, unit="step",
+              disable=not progress) as bar:
+        for nonlinearity in config.nonlinearities:
+            bar.set_postfix_str(nonlinearity)
+            batch = build(config, nonlinearity, device)
+            train_batch(batch, config, nonlinearity, bar, elbo=elbo)
+            tables.append(evaluate_batch(batch, config, nonlinearity, elbo=elbo, means=means))
+    table = pd.concat(tables, ignore_index=True)
+    return table.sort_values(["nonlinearity", "covariance", "iterations", "trial"],
+                             ignore_index=True)[list(TRIAL_COLUMNS)]
