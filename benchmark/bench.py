@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import platform
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -104,15 +105,7 @@ def matmul_peak(device: torch.device, n: int | None = None, repeats: int = 5) ->
 
     n = n or (8192 if device.type == "cuda" else 2048)
     a, b = (torch.randn(n, n, device=device) for _ in range(2))
-    a @ b  # warm-up
-    _sync(device)
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        a @ b
-        _sync(device)
-        best = min(best, time.perf_counter() - t)
-    return 2 * n**3 / best
+    return 2 * n**3 / _best_seconds(lambda: a @ b, device, repeats)
 
 
 def copy_bandwidth(device: torch.device, n_bytes: int | None = None, repeats: int = 5) -> float:
@@ -122,15 +115,20 @@ def copy_bandwidth(device: torch.device, n_bytes: int | None = None, repeats: in
     n_bytes = n_bytes or (2 << 30 if device.type == "cuda" else 256 << 20)
     src = torch.empty(n_bytes // 4, device=device).uniform_()
     dst = torch.empty_like(src)
-    dst.copy_(src)  # warm-up
+    return 2 * n_bytes / _best_seconds(lambda: dst.copy_(src), device, repeats)
+
+
+def _best_seconds(work: Callable[[], object], device: torch.device, repeats: int) -> float:
+    """Fastest of ``repeats`` timed calls of ``work`` (after one warm-up), synced."""
+    work()
     _sync(device)
     best = float("inf")
     for _ in range(repeats):
         t = time.perf_counter()
-        dst.copy_(src)
+        work()
         _sync(device)
         best = min(best, time.perf_counter() - t)
-    return 2 * n_bytes / best
+    return best
 
 
 def mfu_ceiling(flops: float, n_bytes: float, peak: float, bandwidth: float) -> float:
@@ -228,7 +226,7 @@ def _validate(args: argparse.Namespace) -> None:
         raise InputError("--models: group sizes must be >= 1")
     if args.steps is not None and args.steps < 1:
         raise InputError("--steps must be >= 1")
-    if getattr(args, "batch", BATCH) < 1:
+    if args.batch < 1:
         raise InputError("--batch must be >= 1")
     if args.out is not None and args.out.is_dir():
         raise InputError(f"--out {args.out} is a directory; give a .json file")
@@ -345,7 +343,7 @@ def main(args: argparse.Namespace) -> int:
     images = np.random.default_rng(0).integers(0, 256, (4096, 32, 32, 3), dtype=np.uint8)
     peak = matmul_peak(device)
     bandwidth = copy_bandwidth(device)
-    batch = getattr(args, "batch", BATCH)
+    batch = args.batch
     rows = []
     for arch in args.architectures:
         for m in sizes:
