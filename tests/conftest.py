@@ -63,3 +63,17 @@ def cuda_reproducible(monkeypatch):
     yield
     for f, value in zip(flags, before, strict=True):
         f.allow_tf32 = value
+
+
+# --- evaluation --------------------------------------------------------------------------
+
+
+@pytest.fixture
+def read_metrics():
+    """``read_metrics(runs_dir) -> {run_id: metrics.json contents}`` of every evaluated run."""
+    import json
+
+    def read(runs_dir):
+        return {p.parent.name: json.loads(p.read_text()) for p in runs_dir.glob("*/metrics.json")}
+
+    return read

@@ -37,12 +37,8 @@ def _grid(path: Path, dataset: Path) -> Path:
     return path
 
 
-def _metrics(runs_dir: Path) -> dict[str, dict]:
-    return {p.parent.name: json.loads(p.read_text()) for p in runs_dir.glob("*/metrics.json")}
-
-
 @pytest.mark.usefixtures("cuda_reproducible")  # TF32 off: CUDA and CPU agree to ~1e-6
-def test_train_and_evaluate_on_cuda(tiny_dataset, tmp_path):
+def test_train_and_evaluate_on_cuda(read_metrics, tiny_dataset, tmp_path):
     """A grid trains on CUDA; evaluating its runs on CUDA and on CPU gives the same numbers.
 
     Evaluation draws all its noise from seeded CPU generators and moves it to the device, so
@@ -56,7 +52,7 @@ def test_train_and_evaluate_on_cuda(tiny_dataset, tmp_path):
     shutil.copytree(runs_dir, tmp_path / "cpu")
     assert main(["evaluate", str(runs_dir), *EVAL, "--device", "cuda"]) == 0
     assert main(["evaluate", str(tmp_path / "cpu"), *EVAL, "--device", "cpu"]) == 0
-    gpu, cpu = _metrics(runs_dir), _metrics(tmp_path / "cpu")
+    gpu, cpu = read_metrics(runs_dir), read_metrics(tmp_path / "cpu")
     assert gpu.keys() == cpu.keys() and len(gpu) == 8
     for run_id in gpu:
         for split in ("train", "test"):

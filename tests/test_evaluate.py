@@ -54,14 +54,10 @@ def runs(tmp_path: Path, tiny_dataset) -> tuple[Path, object]:
     return runs_dir, data
 
 
-def _metrics(runs_dir: Path) -> dict[str, dict]:
-    return {p.parent.name: json.loads(p.read_text()) for p in runs_dir.glob("*/metrics.json")}
-
-
-def test_evaluate_writes_consistent_metrics_and_neighbours(runs, capsys) -> None:
+def test_evaluate_writes_consistent_metrics_and_neighbours(read_metrics, runs, capsys) -> None:
     runs_dir, data = runs
     assert rdbench(["evaluate", str(runs_dir), *FAST]) == 0
-    metrics = _metrics(runs_dir)
+    metrics = read_metrics(runs_dir)
     assert sorted(metrics) == ["beta_vae-mlp1-random-0.5-0", "beta_vae-mlp1-random-2.0-1"]
     n_train, n_test = (len(rows) for rows in data.split("random"))
     for m in metrics.values():
@@ -90,21 +86,21 @@ def test_evaluate_writes_consistent_metrics_and_neighbours(runs, capsys) -> None
 
 
 def test_rerun_skips_force_recomputes_same_numbers_and_runs_are_group_independent(
-        runs, capsys, tmp_path: Path) -> None:
+        runs, capsys, tmp_path: Path, read_metrics) -> None:
     runs_dir, _ = runs
     fast = [*FAST, "--iwae-samples", "4"]  # the last value wins
     assert rdbench(["evaluate", str(runs_dir), *fast]) == 0
-    first = _metrics(runs_dir)
+    first = read_metrics(runs_dir)
     stamp = {k: (runs_dir / k / "metrics.json").stat().st_mtime_ns for k in first}
     assert rdbench(["evaluate", str(runs_dir), *fast]) == 0
     assert "evaluated 0 run(s)" in capsys.readouterr().out.splitlines()[-1]
     assert all((runs_dir / k / "metrics.json").stat().st_mtime_ns == t for k, t in stamp.items())
     assert rdbench(["evaluate", str(runs_dir), *fast, "--force"]) == 0
-    assert _metrics(runs_dir) == first  # seeded per run: identical numbers
+    assert read_metrics(runs_dir) == first  # seeded per run: identical numbers
     alone = tmp_path / "alone"
     shutil.copytree(runs_dir / "beta_vae-mlp1-random-2.0-1", alone / "r")
     assert rdbench(["evaluate", str(alone), *fast, "--force"]) == 0
-    single = _metrics(alone)["r"]["test"]
+    single = read_metrics(alone)["r"]["test"]
     for key, value in first["beta_vae-mlp1-random-2.0-1"]["test"].items():
         assert single[key] == pytest.approx(value, rel=1e-5, abs=1e-5), key
 
@@ -112,14 +108,14 @@ def test_rerun_skips_force_recomputes_same_numbers_and_runs_are_group_independen
 @pytest.mark.parametrize("extra", [["--mi-batch", "1"], ["--mi-batch", "all"],
                                    ["--iwae-samples", "0"], ["--iwae-subset", "-1"],
                                    ["--max-examples", "-1"]])
-def test_bad_options_exit_2_before_work(runs, extra: list[str], capsys) -> None:
+def test_bad_options_exit_2_before_work(read_metrics, runs, extra: list[str], capsys) -> None:
     runs_dir, _ = runs
     assert rdbench(["evaluate", str(runs_dir), "--device", "cpu", *extra]) == 2
     assert "rdbench: error:" in capsys.readouterr().err
-    assert not _metrics(runs_dir) and not (runs_dir / "neighbours").exists()
+    assert not read_metrics(runs_dir) and not (runs_dir / "neighbours").exists()
 
 
-def test_bad_runs_dir_or_dataset_exit_2(tmp_path: Path, runs) -> None:
+def test_bad_runs_dir_or_dataset_exit_2(read_metrics, tmp_path: Path, runs) -> None:
     assert rdbench(["evaluate", str(tmp_path / "missing")]) == 2
     (tmp_path / "empty").mkdir()
     assert rdbench(["evaluate", str(tmp_path / "empty")]) == 2
@@ -128,7 +124,7 @@ def test_bad_runs_dir_or_dataset_exit_2(tmp_path: Path, runs) -> None:
     config = json.loads(path.read_text())
     path.write_text(json.dumps({**config, "dataset": str(tmp_path / "nowhere")}))
     assert rdbench(["evaluate", str(runs_dir), *FAST]) == 2
-    assert not _metrics(runs_dir)
+    assert not read_metrics(runs_dir)
 
 
 def test_posterior_hook_mean_field_and_registered(monkeypatch) -> None:
@@ -150,11 +146,11 @@ def test_posterior_hook_mean_field_and_registered(monkeypatch) -> None:
     assert logvar is None and torch.equal(tril, torch.eye(10).expand(4, 10, 10) * 0.5)
 
 
-def test_max_examples_evaluates_a_seeded_subset(runs) -> None:
+def test_max_examples_evaluates_a_seeded_subset(read_metrics, runs) -> None:
     runs_dir, data = runs
     assert rdbench(["evaluate", str(runs_dir), *FAST, "--iwae-samples", "2",
                     "--max-examples", "50"]) == 0
-    for m in _metrics(runs_dir).values():
+    for m in read_metrics(runs_dir).values():
         for name, rows in zip(("train", "test"), data.split("random"), strict=True):
             assert m[name]["n"] == 50 and m[name]["set_size"] == len(rows)
             assert m[name]["log_px_n"] == 50
