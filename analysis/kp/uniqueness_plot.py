@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+ORDER = ["identity", "tanh", "sigmoid", "elu"]  # ν in tables and panels
 # Okabe–Ito colours (colour-blind safe); markers differ too.
 STYLE = {"diagonal": {"color": "#0072B2", "marker": "o", "label": "diagonal Σ"},
          "full": {"color": "#D55E00", "marker": "^", "label": "full Σ"}}
@@ -41,11 +42,14 @@ def summarise(trials: pd.DataFrame) -> pd.DataFrame:
                      "longest_iterations": longest["iterations"].iloc[0],
                      "longest_trials": len(longest),
                      "median_abs_angle_longest": longest["angle_deg"].abs().median()})
-    order = {name: i for i, name in enumerate(["identity", "tanh", "sigmoid", "elu"])}
-    table = pd.DataFrame(rows)
-    return table.sort_values(["nonlinearity", "covariance"],
-                             key=lambda c: c.map(order) if c.name == "nonlinearity" else c,
-                             ignore_index=True)
+    return _sorted_by_nu(pd.DataFrame(rows), "covariance")
+
+
+def _sorted_by_nu(table: pd.DataFrame, then: str) -> pd.DataFrame:
+    """Rows ordered by ν as in ``ORDER``, then by column ``then``."""
+    order = {name: i for i, name in enumerate(ORDER)}
+    return table.sort_values(["nonlinearity", then], ignore_index=True,
+                             key=lambda c: c.map(order) if c.name == "nonlinearity" else c)
 
 
 def summary_markdown(summary: pd.DataFrame, config: Any, seconds: float, device: Any,
@@ -82,8 +86,7 @@ def plot_angles(trials: pd.DataFrame, stem: str | Path, title: str | None = None
 
     from analysis.plot_style import save
 
-    names = [n for n in ["identity", "tanh", "sigmoid", "elu"]
-             if n in set(trials["nonlinearity"])]
+    names = [n for n in ORDER if n in set(trials["nonlinearity"])]
     fig, axes = plt.subplots(1, len(names), figsize=(3.4 * len(names), 3.2), squeeze=False)
     for ax, name in zip(axes[0], names, strict=True):
         _panel(ax, trials[trials["nonlinearity"] == name], name)
@@ -113,7 +116,6 @@ def _panel(ax: Any, trials: pd.DataFrame, name: str) -> None:
 
 # ----------------------------------------------------------------------------- orientation
 
-ORDER = ["identity", "tanh", "sigmoid", "elu"]
 # Okabe–Ito, one per ν, with distinct markers.
 NU_STYLE = {"identity": {"color": "#000000", "marker": "o"},
             "tanh": {"color": "#E69F00", "marker": "s"},
@@ -131,17 +133,14 @@ def circular_spread(angles_deg: np.ndarray, period: float = 90.0) -> float:
 
 def best_per_orientation(table: pd.DataFrame) -> pd.DataFrame:
     """Per (ν, α): the highest-ELBO init's angle and ELBO, and the spread of the angles
-    over all inits (max − min; ~0 when every init finds the same optimum)."""
+    over all inits (``circular_spread``; ~0 when every init finds the same optimum)."""
     rows = []
     for (nonlinearity, q_angle), group in table.groupby(["nonlinearity", "q_angle_deg"]):
         best = group.loc[group["elbo"].idxmax()]
         rows.append({"nonlinearity": nonlinearity, "q_angle_deg": q_angle,
                      "elbo": best["elbo"], "angle_deg": best["angle_deg"],
                      "init_spread_deg": circular_spread(group["angle_deg"].to_numpy())})
-    order = {name: i for i, name in enumerate(ORDER)}
-    return pd.DataFrame(rows).sort_values(
-        ["nonlinearity", "q_angle_deg"], ignore_index=True,
-        key=lambda c: c.map(order) if c.name == "nonlinearity" else c)
+    return _sorted_by_nu(pd.DataFrame(rows), "q_angle_deg")
 
 
 def orientation_markdown(table: pd.DataFrame, config: Any, seconds: float, device: Any) -> str:
