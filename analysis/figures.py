@@ -103,7 +103,7 @@ def plot_mi_kl(summary: pd.DataFrame, split: str, architecture: str, stem: Path)
 
 
 def _log_n_lines(ax: plt.Axes, rows: pd.DataFrame) -> None:
-    """Horizontal lines at log N_train (solid) and log N_test (dashed): the bound Î ≤ log N."""
+    """Horizontal lines at log N_train (dash-dot) and log N_test (dotted): the bound Î ≤ log N."""
     n_train = rows["n_train"].dropna()
     n_test = rows.loc[rows["set"] == "test", "set_size"].dropna()
     if not n_train.empty:

@@ -224,6 +224,6 @@ _ARCH = "MLP vs CNN architectures on the same split: train (left) and test (righ
 _OBJ = ("Objectives on the test RD plane per split and architecture (GRAE models via their "
         "implied posterior; deterministic autoencoders as a dotted line at their distortion).")
 _MIKL = ("Rate decomposition R = Î(x;z) + KL(q(z)‖p(z)) against β, train dashed and test "
-         "solid; Î is bounded by log N (solid: N_train, dashed: N_test).")
+         "solid; Î is bounded by log N (dash-dot: N_train, dotted: N_test).")
 _NN = ("ℓ₂ pixel distance from each evaluated test image to its nearest training image, per "
        "split; stars mark the hard example shown in the reconstructions.")

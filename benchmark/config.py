@@ -182,13 +182,18 @@ def expand(grid: GridConfig, dataset: Any) -> list[dict[str, Any]]:
     ``dataset`` is the loaded :class:`tetrominoes.Tetrominoes` (for its path, fingerprint
     and split sizes).
     """
+    sizes = {split: int(len(dataset.split(split).train)) for split in grid.splits}
+    small = [f"{split} ({n})" for split, n in sizes.items() if n < grid.batch_size]
+    if small:
+        raise InputError(f"batch_size {grid.batch_size} exceeds the training set of "
+                         f"{', '.join(small)}: a minibatch holds distinct examples")
     runs = []
     for split, arch, (objective, options), beta, seed in itertools.product(
             grid.splits, grid.architectures, objective_variants(grid), grid.betas, grid.seeds):
         run = {
             "name": grid.name, "dataset": str(Path(dataset.path).resolve()),
             "dataset_fingerprint": dataset.fingerprint, "split": split,
-            "n_train": int(len(dataset.split(split).train)), "architecture": arch,
+            "n_train": sizes[split], "architecture": arch,
             "objective": objective, "objective_options": options, "beta": beta, "seed": seed,
             "iterations": grid.iterations, "batch_size": grid.batch_size,
             "learning_rate": grid.learning_rate, "latent_dim": grid.latent_dim,

@@ -86,3 +86,17 @@ def test_expand_is_the_full_product_with_stable_distinct_ids(tiny_dataset):
     assert run_id(dict(runs[0], beta=runs[0]["beta"] * 2)) != runs[0]["run_id"]
     for run in runs:
         assert run["n_train"] == len(data.split(run["split"]).train)
+
+
+def test_batch_larger_than_a_training_set_is_rejected_before_training(tiny_dataset):
+    import tetrominoes
+
+    data = tetrominoes.load(tiny_dataset)
+    n = len(data.split("cd-8192").train)  # 25 rows in the tiny dataset
+    grid = parse_grid(_grid(tiny_dataset, splits=["random", "cd-8192"], batch_size=n + 1))
+    with pytest.raises(InputError) as err:
+        expand(grid, data)
+    assert f"batch_size {n + 1} exceeds the training set of cd-8192 ({n})" in str(err.value)
+    assert "random" not in str(err.value) and "\n" not in str(err.value)
+    assert len(expand(parse_grid(_grid(tiny_dataset, splits=["cd-8192"], batch_size=n)),
+                      data)) == 4

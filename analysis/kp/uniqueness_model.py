@@ -70,7 +70,12 @@ def rotation_matrix(radians: float | torch.Tensor) -> torch.Tensor:
 
 def generating_W(generator: torch.Generator, Q: torch.Tensor | None = None) -> torch.Tensor:
     """W = Q diag(2, 1) (orthogonal columns of norm 2 and 1); Q drawn from ``generator``
-    unless given. The first draw of a trial's generator, so ``make_data`` sees the same W."""
+    unless given. The first draw of a trial's generator, so ``make_data`` sees the same W.
+
+    Q is Haar-orthogonal, so half the time a reflection R(α)·diag(1, −1) rather than the
+    SPEC's rotation R(α). The data are the same in distribution (z₂ ↦ −z₂ leaves N(0, I)
+    unchanged, and W z = R(α) diag(2, 1) (z₁, −z₂)) and the angle is taken modulo
+    reflections, so this changes no result; it is kept so published numbers reproduce."""
     Q = random_orthogonal(generator) if Q is None else Q
     return Q * torch.tensor([2.0, 1.0], dtype=torch.float64)
 
