@@ -25,12 +25,14 @@ KEYS = {"n", "distortion", "rate", "elbo", "mutual_information", "marginal_kl", 
 
 
 def _make_run(runs_dir: Path, data, split: str, objective: str, beta: float, seed: int,
-              status: str = "done", architecture: str = "mlp1") -> Path:
+              status: str = "done", architecture: str = "mlp1",
+              options: dict | None = None) -> Path:
+    options = options or {}
     run_id = f"{objective}-{architecture}-{split}-{beta}-{seed}"
     n_train = len(data.split(split).train)
     config = {"run_id": run_id, "name": "test", "dataset": str(data.path),
               "dataset_fingerprint": data.fingerprint, "split": split, "n_train": n_train,
-              "architecture": architecture, "objective": objective, "objective_options": {},
+              "architecture": architecture, "objective": objective, "objective_options": options,
               "beta": beta, "seed": seed, "iterations": 1, "batch_size": 8,
               "learning_rate": 1e-3, "latent_dim": 10, "checkpoint_every": 1, "log_every": 1,
               "precision": "fp32"}
@@ -38,7 +40,7 @@ def _make_run(runs_dir: Path, data, split: str, objective: str, beta: float, see
     atomic_write_json(run_dir / "config.json", config)
     write_status(run_dir, status, 1)
     torch.manual_seed(seed)
-    params = get_objective(objective).posterior_params(10, {})
+    params = get_objective(objective).posterior_params(10, options)
     model = build_model(architecture, posterior_params=params)
     atomic_torch_save(run_dir / "model.pt", model.state_dict())
     return run_dir
@@ -156,3 +158,148 @@ def test_max_examples_evaluates_a_seeded_subset(read_metrics, runs) -> None:
             assert m[name]["log_px_n"] == 50
             # the subset keeps the whole set's aggregate posterior: Î ≤ log |set|
             assert m[name]["mutual_information"] <= math.log(len(rows)) + 1e-9
+
+
+# --- known answers: hand-built models whose posterior ignores x ---------------------------
+
+KNOWN = ["--iwae-samples", "25", "--iwae-subset", "0", "--mi-batch", "64", "--nn-subset", "20",
+         "--batch-size", "128", "--device", "cpu"]
+_I, _J = np.meshgrid(np.arange(32), np.arange(32), indexing="ij")
+# logits (3, 32, 32) that change under a transpose of height and width, and across channels
+ASYMMETRIC = [0.25 * (_I - _J) + np.arange(3)[:, None, None] - 1.0,
+              0.3 * (_J - _I) - 0.5 + 0.1 * np.arange(3)[:, None, None] * _I / 31]
+
+
+@pytest.fixture
+def narrow(monkeypatch, one_thread):
+    """Hidden width 8 (the hand-built models below do not use it) and one thread: fast."""
+    from benchmark import models
+
+    monkeypatch.setattr(models, "_HIDDEN", 8)
+
+
+def _set_mlp1(run_dir: Path, **tensors: np.ndarray) -> None:
+    """Zero every weight and bias of the run's mlp1, then set the given ones ('encoder.3.bias')."""
+    path = run_dir / "model.pt"
+    state = {k: torch.zeros_like(v) for k, v in torch.load(path, weights_only=True).items()}
+    for key, value in tensors.items():
+        name = key.replace("_", ".")
+        state[name] = torch.as_tensor(value, dtype=torch.float32).reshape(state[name].shape)
+    atomic_torch_save(path, state)
+
+
+def _block_tril(params: np.ndarray, block_size: int) -> np.ndarray:
+    """L (d, d) from the encoder's extra outputs: log-variances (b = 1) or (a, b, o) per 2-block."""
+    if block_size == 1:
+        return np.diag(np.exp(params / 2))
+    blocks = [np.array([[np.exp(a / 2), 0.0], [o, np.exp(b / 2)]])
+              for a, b, o in params.reshape(-1, 3)]
+    d = 2 * len(blocks)
+    L = np.zeros((d, d))
+    for k, block in enumerate(blocks):
+        L[2 * k:2 * k + 2, 2 * k:2 * k + 2] = block
+    return L
+
+
+@pytest.mark.parametrize(("objective", "options", "n_params"),
+                         [("beta_vae", {}, 10), ("beta_vae_block", {"block_size": 2}, 15)])
+def test_constant_posterior_and_decoder_give_closed_form_metrics(
+        narrow, read_metrics, tmp_path, tiny_dataset, objective, options, n_params) -> None:
+    """q(z|x) = N(m, LLᵀ) and logits b for every x: D = Σ softplus(b) − x·b, R = KL, Î = 0,
+    marginal KL = MC rate ≈ R, log p(x) = −D when q = p (else within [−D − R, −D])."""
+    data = tetrominoes.load(tiny_dataset)
+    block = options.get("block_size", 1)
+    means = [np.zeros(10), np.linspace(-0.3, 0.3, 10)]
+    params = [np.zeros(n_params), (np.linspace(-0.2, 0.2, n_params) if block == 1 else
+                                   np.stack([np.linspace(-0.2, 0.2, 5), np.linspace(0.2, -0.1, 5),
+                                             0.3 * (-1.0) ** np.arange(5)], 1).ravel())]
+    runs_dir = tmp_path / "runs"
+    for seed, (m, p, b) in enumerate(zip(means, params, ASYMMETRIC, strict=True)):
+        run_dir = _make_run(runs_dir, data, "random", objective, 1.0, seed, options=options)
+        _set_mlp1(run_dir, encoder_3_bias=np.concatenate([m, p]), decoder_2_bias=b)
+    assert rdbench(["evaluate", str(runs_dir), *KNOWN]) == 0
+    metrics = read_metrics(runs_dir)
+    for seed, (m, p, b) in enumerate(zip(means, params, ASYMMETRIC, strict=True)):
+        L = _block_tril(p, block)
+        kl = 0.5 * ((L**2).sum() + m @ m - 10) - np.log(np.diag(L)).sum()
+        # Var[log q(z) − log p(z)], z = m + Lε: ½ tr((LᵀL − I)²) + ‖Lᵀm‖²
+        A = L.T @ L - np.eye(10)
+        mc_var = 0.5 * np.trace(A @ A) + np.sum((L.T @ m) ** 2)
+        for name, rows in zip(("train", "test"), data.split("random"), strict=True):
+            s = metrics[f"{objective}-mlp1-random-1.0-{seed}"][name]
+            x = data.images[rows].transpose(0, 3, 1, 2) / 255.0  # (N, 3, 32, 32) like the model
+            distortion = np.logaddexp(0.0, b).sum() - (x.mean(0) * b).sum()
+            assert s["n"] == len(rows)
+            assert s["distortion"] == pytest.approx(distortion, abs=1e-2)
+            assert s["rate"] == pytest.approx(kl, rel=1e-5, abs=1e-6)
+            assert s["elbo"] == pytest.approx(-(distortion + kl), abs=1e-2)
+            assert abs(s["mutual_information"]) < 1e-9  # q(z) = q(z|x): no information
+            assert s["marginal_kl"] == pytest.approx(s["rate_mc"], abs=1e-9)
+            assert abs(s["rate_mc"] - kl) <= 5 * math.sqrt(mc_var / len(rows)) + 1e-9
+            if seed == 0:  # q = p: every importance weight is 1
+                assert s["log_px"] == pytest.approx(-distortion, abs=1e-2)
+            else:  # log p(x) + D = log mean_k w_k ≥ mean_k log w_k ≈ −R (Jensen); ≈ 0 for
+                # K = 25: bias −χ²/2K ≥ −0.03, noise 0.016 (χ²(p‖q) = 0.62 and 1.54 here)
+                assert -distortion - kl - 0.05 <= s["log_px"] <= -distortion + 0.05
+
+
+def test_mutual_information_saturates_at_log_set_size_even_on_a_subset(
+        narrow, read_metrics, tmp_path, tiny_dataset) -> None:
+    """σ = e^-15 and far-apart means μ = Wx: Î = log |set| exactly, also with --max-examples 50."""
+    data = tetrominoes.load(tiny_dataset)
+    runs_dir = tmp_path / "runs"
+    run_dir = _make_run(runs_dir, data, "random", "beta_vae", 1.0, 0)
+    rng = np.random.default_rng(0)
+    w1, w2 = 0.1 * rng.standard_normal((8, 3072)), rng.standard_normal((10, 8))
+    offset = 50.0  # keeps every ReLU unit on: μ = w2·(w1·x + 50) − w2·50 = w2·w1·x
+    _set_mlp1(run_dir, encoder_1_weight=w1, encoder_1_bias=np.full(8, offset),
+              encoder_3_weight=np.concatenate([w2, np.zeros((10, 8))]),
+              encoder_3_bias=np.concatenate([-offset * w2.sum(1), np.full(10, -30.0)]))
+    fast = ["--iwae-samples", "2", "--iwae-subset", "10", "--mi-batch", "64", "--nn-subset",
+            "20", "--device", "cpu"]
+    for extra in (["--max-examples", "50"], []):
+        assert rdbench(["evaluate", str(runs_dir), *fast, *extra, "--force"]) == 0
+        for name, rows in zip(("train", "test"), data.split("random"), strict=True):
+            s = read_metrics(runs_dir)[run_dir.name][name]
+            assert s["n"] == (50 if extra else len(rows)) and s["set_size"] == len(rows)
+            assert s["mutual_information"] == pytest.approx(math.log(len(rows)), abs=1e-6)
+            assert s["marginal_kl"] == pytest.approx(s["rate_mc"] - math.log(len(rows)),
+                                                     abs=1e-6)
+
+
+def _kp_grid(path: Path, dataset: Path) -> Path:
+    grid = {"name": "kp", "dataset": str(dataset), "splits": ["random"],
+            "architectures": ["mlp1"], "block_sizes": [2],
+            "objectives": ["grae", "grae_approx", "ae", "beta_vae_block"],
+            "betas": [1.0], "seeds": [0], "iterations": 4, "batch_size": 8,
+            "checkpoint_every": 4, "log_every": 2, "device": "cpu"}
+    path.write_text("\n".join(f"{k} = {json.dumps(v)}" for k, v in grid.items()) + "\n")
+    return path
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_kumar_poole_objectives_train_and_evaluate_on_cpu(
+        read_metrics, tmp_path, tiny_dataset, monkeypatch) -> None:
+    """GRAE, GRAE≈, AE, block β-VAE on CPU: finite, Î + KL = MC rate, 0 ≤ Î ≤ log N, IWAE ≥ ELBO."""
+    from benchmark import models
+
+    monkeypatch.setattr(models, "_HIDDEN", 32)  # narrow layers, same code paths
+    runs_dir = tmp_path / "runs"
+    assert rdbench(["train", str(_kp_grid(tmp_path / "g.toml", tiny_dataset)),
+                    "--out", str(runs_dir)]) == 0
+    assert rdbench(["evaluate", str(runs_dir), *FAST, "--iwae-samples", "10",
+                    "--iwae-subset", "64"]) == 0
+    metrics = read_metrics(runs_dir)
+    objectives = {json.loads((runs_dir / k / "config.json").read_text())["objective"]
+                  for k in metrics}
+    assert objectives == {"grae", "grae_approx", "ae", "beta_vae_block"}
+    for run_id, m in metrics.items():
+        for name in ("train", "test"):
+            s = m[name]
+            assert set(s) >= KEYS and all(math.isfinite(v) for v in s.values()), (run_id, s)
+            assert s["mutual_information"] + s["marginal_kl"] == pytest.approx(s["rate_mc"],
+                                                                              abs=1e-6)
+            # Î ≤ log N holds exactly; Î ≥ 0 up to the minibatch estimator's noise
+            assert -1e-3 <= s["mutual_information"] <= math.log(s["n"]) + 1e-9, (run_id, s)
+            assert s["elbo"] == pytest.approx(-(s["distortion"] + s["rate"]), abs=1e-9)
+            assert s["log_px"] >= s["log_px_elbo"], (run_id, name)

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -176,3 +177,59 @@ def test_loky_workers_match_in_process(tiny_dataset, tmp_path):
         a, b = _params(run_dir), _params(two / run_dir.name)
         for name in a:
             torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-6)
+
+
+# --- known answers: the optimiser descends, ablations see their training-set size -------
+
+
+def _binary_entropy_nats(p: np.ndarray) -> float:
+    """Σᵢ H_b(pᵢ) in nats (0·log 0 = 0), in float64."""
+    p = p.astype(np.float64).ravel()
+    inner = p[(p > 0) & (p < 1)]
+    return float(-(inner * np.log(inner) + (1 - inner) * np.log1p(-inner)).sum())
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_training_descends_to_the_entropy_floor_of_one_image():
+    """Data = copies of one image x̄: D ≥ Σ H_b(x̄/255) always; Adam closes ≥ 90 % of the gap."""
+    from benchmark.trainer import GroupSpec, train_group
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    images = np.repeat(image[None], 16, axis=0)  # (16, 32, 32, 3)
+    floor = _binary_entropy_nats(image / 255.0)
+    spec = GroupSpec("mlp1", "beta_vae", {}, (1.0,), (0,), iterations=100, batch_size=4,
+                     learning_rate=1e-3, log_every=1, checkpoint_every=1000)
+    distortion = []
+    train_group(spec, images, device="cpu", progress=False,
+                on_log=lambda it, rows: distortion.append(rows[0]["distortion"]))
+    start, end = distortion[0], float(np.mean(distortion[-10:]))
+    assert min(distortion) >= floor - 1e-2  # cross-entropy ≥ entropy, for any logits
+    assert end - floor < 0.1 * (start - floor), (start, end, floor)
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_ablation_runs_see_their_splits_training_set_size(tiny_dataset, tmp_path, monkeypatch):
+    """no_mi / no_marginal_kl trained by `rdbench train`: every rate_terms call gets N = n_train."""
+    import tetrominoes
+    from benchmark import ablations, models
+
+    seen = []
+    rate_terms = ablations.rate_terms
+
+    def spy(mu, logvar, z, dataset_size):
+        seen.append(dataset_size)
+        return rate_terms(mu, logvar, z, dataset_size)
+
+    monkeypatch.setattr(ablations, "rate_terms", spy)
+    monkeypatch.setattr(models, "_HIDDEN", 32)  # narrow layers, same code path
+    split = "cv-16384"  # 51 training rows: neither the batch, the test set nor the dataset
+    n_train = len(tetrominoes.load(tiny_dataset).split(split).train)
+    config = _write_grid(tmp_path / "g.toml", tiny_dataset, splits=[split],
+                         objectives=["no_mi", "no_marginal_kl"], betas=[1.0], seeds=[0],
+                         iterations=3, log_every=3, checkpoint_every=3)
+    out = tmp_path / "runs"
+    assert main(["train", str(config), "--out", str(out)]) == 0  # one worker: in process
+    assert set(_statuses(out).values()) == {"done"} and len(_statuses(out)) == 2
+    assert len(seen) == 2 * 3 and set(seen) == {n_train}, (seen, n_train)
+    assert all(runs_io.read_config(d)["n_train"] == n_train for d in runs_io.find_runs(out))
