@@ -273,7 +273,7 @@ def _deterministic(latent_dim: int, options: dict) -> int:
 OBJECTIVES: dict[str, Objective] = {
     "grae": Objective("grae", grae_loss, _deterministic),
     "grae_approx": Objective("grae_approx", grae_approx_loss, _deterministic),
-    "ae": Objective("ae", ae_loss, _deterministic),
+    "ae": Objective("ae", ae_loss, _deterministic, uses_beta=False),
     "beta_vae_block": Objective("beta_vae_block", block_vae_loss, block_posterior_params),
 }
 

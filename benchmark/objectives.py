@@ -32,6 +32,7 @@ class Objective:
     name: str
     loss: Callable  # (model, x, beta, noise, options) -> dict[str, Tensor (B,)]
     posterior_params: Callable[[int, dict], int | None]
+    uses_beta: bool = True  # False: runs differing only in β train identical models
 
 
 def bernoulli_distortion(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

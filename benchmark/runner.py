@@ -32,6 +32,14 @@ class Job:
     split: str
     run_dirs: tuple[str, ...]
     start: int
+    # Per trained run, the runs that get a copy of everything it writes: for an objective
+    # that ignores β (``ae``), the runs of one seed at other βs would train the same model.
+    copies: tuple[tuple[str, ...], ...] = ()
+
+    def outputs(self) -> list[list[Path]]:
+        """Per trained run, every run directory its files go to (itself first)."""
+        copies = self.copies or ((),) * len(self.run_dirs)
+        return [[Path(d), *map(Path, c)] for d, c in zip(self.run_dirs, copies, strict=True)]
 
 
 def plan(grid: GridConfig, runs: list[dict[str, Any]], runs_dir: Path) -> tuple[list[Job], dict]:
@@ -53,6 +61,8 @@ def plan(grid: GridConfig, runs: list[dict[str, Any]], runs_dir: Path) -> tuple[
         pending.setdefault(key, []).append((run, start))
     jobs = []
     for (split, arch, objective, options, start), members in pending.items():
+        copies = _same_model_runs(objective, members, runs_dir)
+        members = [m for m in members if m[0]["run_id"] in copies]
         for chunk in _chunks(members, grid.max_group_size):
             spec = GroupSpec(
                 architecture=arch, objective=objective, objective_options=dict(options),
@@ -62,8 +72,28 @@ def plan(grid: GridConfig, runs: list[dict[str, Any]], runs_dir: Path) -> tuple[
                 checkpoint_every=grid.checkpoint_every, latent_dim=grid.latent_dim,
                 precision=grid.precision)
             run_dirs = tuple(str(Path(runs_dir) / r["run_id"]) for r, _ in chunk)
-            jobs.append(Job(spec, chunk[0][0]["dataset"], split, run_dirs, start))
+            jobs.append(Job(spec, chunk[0][0]["dataset"], split, run_dirs, start,
+                            tuple(copies[r["run_id"]] for r, _ in chunk)))
     return jobs, dict(skipped)
+
+
+def _same_model_runs(objective: str, members: list[tuple[dict, int]], runs_dir: Path
+                     ) -> dict[str, tuple[str, ...]]:
+    """run_id of each run to train -> the directories of the runs that copy it.
+
+    Every run trains, except under an objective that ignores β: there the runs of one
+    seed (same split, architecture, options and start) would train the same model, so the
+    first trains and the others receive its files.
+    """
+    from benchmark.objectives import get_objective
+
+    if get_objective(objective).uses_beta:
+        return {r["run_id"]: () for r, _ in members}
+    by_seed: dict[int, list[str]] = {}
+    for r, _ in members:
+        by_seed.setdefault(r["seed"], []).append(r["run_id"])
+    return {ids[0]: tuple(str(Path(runs_dir) / i) for i in ids[1:])
+            for ids in by_seed.values()}
 
 
 def _resume_iteration(run_dir: Path) -> int:
@@ -94,10 +124,10 @@ def run_job(job: Job, device: str, progress: bool = True, threads: int | None = 
         torch.set_num_threads(threads)
     data = tetrominoes.load(job.dataset)
     images = np.ascontiguousarray(data.images[data.split(job.split).train])  # (N, 32, 32, 3)
-    run_dirs = [Path(d) for d in job.run_dirs]
-    states = [runs_io.load_checkpoint(d) for d in run_dirs] if job.start else None
-    histories = [runs_io.read_history(d, up_to=job.start) for d in run_dirs]
-    for d in run_dirs:
+    outputs = job.outputs()  # per trained run: its directory, then those of its copies
+    states = [runs_io.load_checkpoint(dirs[0]) for dirs in outputs] if job.start else None
+    histories = [runs_io.read_history(dirs[0], up_to=job.start) for dirs in outputs]
+    for d in itertools.chain.from_iterable(outputs):
         runs_io.write_status(d, "running", job.start)
 
     def on_log(iteration: int, rows: list[dict[str, float]]) -> None:
@@ -105,13 +135,14 @@ def run_job(job: Job, device: str, progress: bool = True, threads: int | None = 
             history.append({"iteration": iteration, **row})
 
     def on_checkpoint(states: list[Any]) -> None:
-        for d, state, history in zip(run_dirs, states, histories, strict=True):
-            runs_io.save_checkpoint(d, state, history)
+        for dirs, state, history in zip(outputs, states, histories, strict=True):
+            for d in dirs:
+                runs_io.save_checkpoint(d, state, history)
 
     final = train_group(job.spec, images, device=resolve_device(device), states=states,
                         on_log=on_log, on_checkpoint=on_checkpoint, progress=progress)
     return [(d.name, runs_io.finish_run(d, s, h))
-            for d, s, h in zip(run_dirs, final, histories, strict=True)]
+            for dirs, s, h in zip(outputs, final, histories, strict=True) for d in dirs]
 
 
 def dispatch(jobs: list[Job], devices: list[str], workers: int, backend: str,

@@ -233,3 +233,37 @@ def test_ablation_runs_see_their_splits_training_set_size(tiny_dataset, tmp_path
     assert set(_statuses(out).values()) == {"done"} and len(_statuses(out)) == 2
     assert len(seen) == 2 * 3 and set(seen) == {n_train}, (seen, n_train)
     assert all(runs_io.read_config(d)["n_train"] == n_train for d in runs_io.find_runs(out))
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_ae_trains_once_per_seed_and_every_beta_gets_that_model(tiny_dataset, tmp_path,
+                                                                capsys, monkeypatch):
+    """ae ignores β, so its runs of one seed are one model: trained once, copied to each β."""
+    from benchmark import models
+
+    monkeypatch.setattr(models, "_HIDDEN", 32)
+    config = _write_grid(tmp_path / "g.toml", tiny_dataset, objectives=["ae"],
+                         betas=[0.5, 2.0, 8.0])
+    out = tmp_path / "runs"
+    assert main(["train", str(config), "--out", str(out), "--dry-run"]) == 0
+    plan = capsys.readouterr().out
+    assert "1 jobs" in plan and "cost: 24 model-iterations" in plan  # 2 seeds × 12, not 6 × 12
+    assert main(["train", str(config), "--out", str(out)]) == 0
+    runs = {(c["seed"], c["beta"]): d for d in runs_io.find_runs(out)
+            for c in [runs_io.read_config(d)]}
+    assert len(runs) == 6 and set(_statuses(out).values()) == {"done"}
+    alone = _write_grid(tmp_path / "alone.toml", tiny_dataset, objectives=["ae"], betas=[8.0])
+    assert main(["train", str(alone), "--out", str(tmp_path / "alone")]) == 0
+    for seed in (0, 1):
+        first = _params(runs[seed, 0.5])
+        for beta in (2.0, 8.0):
+            copy = _params(runs[seed, beta])
+            assert all(torch.equal(first[k], copy[k]) for k in first)
+            history = [pd.DataFrame(runs_io.read_history(runs[seed, b])) for b in (0.5, beta)]
+            assert history[0].equals(history[1])  # rate is NaN for ae: compare as frames
+    # the copies are the models those runs train without their siblings at other βs
+    for d in runs_io.find_runs(tmp_path / "alone"):
+        copy = _params(runs[runs_io.read_config(d)["seed"], 8.0])
+        assert all(torch.equal(v, copy[k]) for k, v in _params(d).items())
+    assert not torch.equal(_params(runs[0, 0.5])["encoder.1.weight"],
+                           _params(runs[1, 0.5])["encoder.1.weight"])
