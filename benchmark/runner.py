@@ -43,10 +43,16 @@ class Job:
 
 
 def plan(grid: GridConfig, runs: list[dict[str, Any]], runs_dir: Path) -> tuple[list[Job], dict]:
-    """Group the unfinished runs into jobs; count the finished ones as skipped."""
-    from benchmark.trainer import GroupSpec
+    """Group the unfinished runs into jobs; count the finished ones as skipped.
 
-    pending: dict[tuple, list[tuple[dict[str, Any], int]]] = {}
+    Runs that checkpointed in one job resume in one job again, at the last iteration every
+    one of them has a checkpoint for (0 at worst): a kill between two runs' checkpoint
+    writes leaves some a checkpoint ahead, and training them in other groups would change
+    their weights by float rounding. Runs no checkpoint names are grouped afresh.
+    """
+    pending: dict[str, dict[str, Any]] = {}
+    iterations: dict[str, set[int]] = {}
+    groups: dict[str, tuple[str, ...]] = {}
     skipped: Counter = Counter()
     for run in runs:
         run_dir = Path(runs_dir) / run["run_id"]
@@ -54,30 +60,78 @@ def plan(grid: GridConfig, runs: list[dict[str, Any]], runs_dir: Path) -> tuple[
         if status in ("done", "failed"):
             skipped[status] += 1
             continue
-        start = _resume_iteration(run_dir)
-        options = dict(run["objective_options"], dataset_size=run["n_train"])
-        key = (run["split"], run["architecture"], run["objective"],
-               tuple(sorted(options.items())), start)
-        pending.setdefault(key, []).append((run, start))
+        found, groups[run["run_id"]] = (runs_io.checkpoints(run_dir) if run_dir.exists()
+                                        else ({0: None}, ()))
+        iterations[run["run_id"]] = set(found)
+        pending[run["run_id"]] = dict(run, objective_options=dict(
+            run["objective_options"], dataset_size=run["n_train"]))
     jobs = []
-    for (split, arch, objective, options, start), members in pending.items():
-        copies = _same_model_runs(objective, members, runs_dir)
-        members = [m for m in members if m[0]["run_id"] in copies]
-        for chunk in _chunks(members, grid.max_group_size):
-            spec = GroupSpec(
-                architecture=arch, objective=objective, objective_options=dict(options),
-                betas=tuple(r["beta"] for r, _ in chunk), seeds=tuple(r["seed"] for r, _ in chunk),
-                iterations=grid.iterations, batch_size=grid.batch_size,
-                learning_rate=grid.learning_rate, log_every=grid.log_every,
-                checkpoint_every=grid.checkpoint_every, latent_dim=grid.latent_dim,
-                precision=grid.precision)
-            run_dirs = tuple(str(Path(runs_dir) / r["run_id"]) for r, _ in chunk)
-            jobs.append(Job(spec, chunk[0][0]["dataset"], split, run_dirs, start,
-                            tuple(copies[r["run_id"]] for r, _ in chunk)))
+    for ids in _resumed_together(groups, pending):
+        members = [pending.pop(i) for i in ids]
+        start = max(set.intersection(*(iterations[i] for i in ids)))
+        jobs += _jobs(grid, members, start, runs_dir, chunk=False)
+    fresh: dict[tuple, list[dict[str, Any]]] = {}
+    for run in pending.values():
+        key = (run["split"], run["architecture"], run["objective"],
+               tuple(sorted(run["objective_options"].items())))
+        fresh.setdefault(key, []).append(run)
+    for members in fresh.values():
+        jobs += _jobs(grid, members, 0, runs_dir, chunk=True)
     return jobs, dict(skipped)
 
 
-def _same_model_runs(objective: str, members: list[tuple[dict, int]], runs_dir: Path
+def _resumed_together(groups: dict[str, tuple[str, ...]], pending: dict[str, Any]
+                      ) -> list[list[str]]:
+    """Pending run ids linked by the jobs their checkpoints name (connected components)."""
+    parent = {i: i for i in pending}
+
+    def root(i: str) -> str:
+        while parent[i] != i:
+            i = parent[i]
+        return i
+
+    for i, group in groups.items():
+        for j in group:
+            if j in parent:
+                parent[root(j)] = root(i)
+    anchored = {root(i) for i in pending if groups[i]}
+    components: dict[str, list[str]] = {}
+    for i in pending:  # in grid order, as the job that wrote the checkpoints had them
+        if root(i) in anchored:
+            components.setdefault(root(i), []).append(i)
+    return list(components.values())
+
+
+def _jobs(grid: GridConfig, members: list[dict[str, Any]], start: int, runs_dir: Path,
+          chunk: bool) -> list[Job]:
+    """Jobs of runs sharing split, architecture and objective, all starting at ``start``."""
+    from benchmark.trainer import GroupSpec
+
+    first = members[0]
+    copies = _same_model_runs(first["objective"], members, runs_dir)
+    members = [r for r in members if r["run_id"] in copies]
+    jobs = []
+    for part in _chunks(members, grid.max_group_size if chunk else len(members)):
+        spec = GroupSpec(
+            architecture=first["architecture"], objective=first["objective"],
+            objective_options=first["objective_options"],
+            betas=tuple(r["beta"] for r in part), seeds=tuple(r["seed"] for r in part),
+            iterations=grid.iterations, batch_size=grid.batch_size,
+            learning_rate=grid.learning_rate, log_every=grid.log_every,
+            checkpoint_every=grid.checkpoint_every, latent_dim=grid.latent_dim,
+            precision=grid.precision)
+        run_dirs = tuple(str(Path(runs_dir) / r["run_id"]) for r in part)
+        jobs.append(Job(spec, first["dataset"], first["split"], run_dirs, start,
+                        tuple(copies[r["run_id"]] for r in part)))
+    return jobs
+
+
+def _chunks(items: list, size: int) -> list[list]:
+    iterator = iter(items)
+    return [chunk for chunk in iter(lambda: list(itertools.islice(iterator, size)), [])]
+
+
+def _same_model_runs(objective: str, members: list[dict], runs_dir: Path
                      ) -> dict[str, tuple[str, ...]]:
     """run_id of each run to train -> the directories of the runs that copy it.
 
@@ -88,27 +142,12 @@ def _same_model_runs(objective: str, members: list[tuple[dict, int]], runs_dir: 
     from benchmark.objectives import get_objective
 
     if get_objective(objective).uses_beta:
-        return {r["run_id"]: () for r, _ in members}
+        return {r["run_id"]: () for r in members}
     by_seed: dict[int, list[str]] = {}
-    for r, _ in members:
+    for r in members:
         by_seed.setdefault(r["seed"], []).append(r["run_id"])
     return {ids[0]: tuple(str(Path(runs_dir) / i) for i in ids[1:])
             for ids in by_seed.values()}
-
-
-def _resume_iteration(run_dir: Path) -> int:
-    """The iteration of the run's checkpoint (read lazily: mmap, no tensor is copied)."""
-    path = run_dir / "checkpoint.pt"
-    if not path.exists():
-        return 0
-    import torch
-
-    return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["iteration"])
-
-
-def _chunks(items: list, size: int) -> list[list]:
-    iterator = iter(items)
-    return [chunk for chunk in iter(lambda: list(itertools.islice(iterator, size)), [])]
 
 
 def run_job(job: Job, device: str, progress: bool = True, threads: int | None = None
@@ -125,6 +164,8 @@ def run_job(job: Job, device: str, progress: bool = True, threads: int | None = 
     data = tetrominoes.load(job.dataset)
     images = np.ascontiguousarray(data.images[data.split(job.split).train])  # (N, 32, 32, 3)
     outputs = job.outputs()  # per trained run: its directory, then those of its copies
+    for d in itertools.chain.from_iterable(outputs):
+        runs_io.rewind(d, job.start)
     states = [runs_io.load_checkpoint(dirs[0]) for dirs in outputs] if job.start else None
     histories = [runs_io.read_history(dirs[0], up_to=job.start) for dirs in outputs]
     for d in itertools.chain.from_iterable(outputs):
@@ -134,10 +175,12 @@ def run_job(job: Job, device: str, progress: bool = True, threads: int | None = 
         for history, row in zip(histories, rows, strict=True):
             history.append({"iteration": iteration, **row})
 
+    group = tuple(d.name for d in itertools.chain.from_iterable(outputs))
+
     def on_checkpoint(states: list[Any]) -> None:
         for dirs, state, history in zip(outputs, states, histories, strict=True):
             for d in dirs:
-                runs_io.save_checkpoint(d, state, history)
+                runs_io.save_checkpoint(d, state, history, group)
 
     final = train_group(job.spec, images, device=resolve_device(device), states=states,
                         on_log=on_log, on_checkpoint=on_checkpoint, progress=progress)

@@ -5,13 +5,16 @@
 - ``config.json``   the resolved run config (see ``benchmark.config.expand``);
 - ``status.json``   ``{"status": pending|running|done|failed, "reason", "iteration"}``;
 - ``history.csv``   ``iteration,loss,distortion,rate[,...]`` every ``log_every`` iterations;
-- ``checkpoint.pt`` model, Adam moments and iteration, every ``checkpoint_every`` iterations
-  (removed once the run is finished);
+- ``checkpoint.pt`` model, Adam moments and iteration, every ``checkpoint_every`` iterations,
+  and ``checkpoint.prev.pt``, the one before (both removed once the run is finished);
 - ``model.pt``      the final state dict of ``build_model(...)``;
 - ``metrics.json``  written by ``rdbench evaluate``.
 
 Every file is replaced atomically, so a process killed at any moment leaves either the old
-or the new version of each file, never a torn one.
+or the new version of each file, never a torn one. The runs of a group checkpoint one after
+another, so a kill can leave them at two iterations; keeping the previous checkpoint lets
+them all resume at the last iteration every run has (``benchmark.runner.plan``), in the same
+group as before, and end with the weights of an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -90,11 +93,55 @@ def write_history(run_dir: Path, rows: list[dict[str, float]]) -> None:
     atomic_write_text(run_dir / "history.csv", buffer.getvalue())
 
 
-def save_checkpoint(run_dir: Path, state: Any, history: list[dict[str, float]]) -> None:
-    """Persist a :class:`~benchmark.trainer.RunState` and the history up to its iteration."""
+CHECKPOINTS = ("checkpoint.pt", "checkpoint.prev.pt")  # the latest, the one before
+
+
+def save_checkpoint(run_dir: Path, state: Any, history: list[dict[str, float]],
+                    group: tuple[str, ...] = ()) -> None:
+    """Persist a :class:`~benchmark.trainer.RunState`, the run ids of the job writing it
+    (``group``) and the history up to its iteration; the checkpoint it replaces becomes
+    ``checkpoint.prev.pt``."""
+    import os
+
     write_history(run_dir, history)
-    atomic_torch_save(run_dir / "checkpoint.pt", state.to_dict())
+    latest, previous = (run_dir / name for name in CHECKPOINTS)
+    if latest.exists():
+        os.replace(latest, previous)
+    atomic_torch_save(latest, {**state.to_dict(), "group": list(group)})
     write_status(run_dir, "running", state.iteration)
+
+
+def checkpoints(run_dir: Path) -> tuple[dict[int, Path], tuple[str, ...]]:
+    """(iteration -> file the run can resume from, with 0 (a fresh start) always; the run
+    ids of the job that wrote its latest checkpoint, () if it has none)."""
+    import torch
+
+    found: dict[int, Path] = {0: Path(run_dir) / CHECKPOINTS[0]}
+    group: tuple[str, ...] = ()
+    for path in (Path(run_dir) / name for name in reversed(CHECKPOINTS)):
+        if path.exists():
+            try:  # mmap: reads the header fields, copies no tensor
+                payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except Exception as e:  # a torn file cannot happen (atomic), a foreign one can
+                raise InputError(f"unreadable checkpoint {path}: {e}") from None
+            found[int(payload["iteration"])] = path
+            group = tuple(payload.get("group", ()))
+    return found, group
+
+
+def rewind(run_dir: Path, iteration: int) -> None:
+    """Leave the run's checkpoint at ``iteration`` as ``checkpoint.pt`` and drop any other
+    (none at all for 0), so that the next save rotates from a consistent state."""
+    import os
+
+    run_dir = Path(run_dir)
+    keep = checkpoints(run_dir)[0][iteration] if iteration else None
+    latest, previous = (run_dir / name for name in CHECKPOINTS)
+    if keep == previous:
+        os.replace(previous, latest)
+    for path in (latest, previous):
+        if path.exists() and (keep is None or path != latest):
+            path.unlink()
 
 
 def load_checkpoint(run_dir: Path) -> Any | None:
@@ -103,7 +150,7 @@ def load_checkpoint(run_dir: Path) -> Any | None:
 
     from benchmark.trainer import RunState
 
-    path = Path(run_dir) / "checkpoint.pt"
+    path = Path(run_dir) / CHECKPOINTS[0]
     if not path.exists():
         return None
     try:
@@ -119,7 +166,8 @@ def finish_run(run_dir: Path, state: Any, history: list[dict[str, float]]) -> st
     atomic_torch_save(run_dir / "model.pt", state.model)
     status = "failed" if state.failed else "done"
     write_status(run_dir, status, state.iteration, state.failed)
-    (run_dir / "checkpoint.pt").unlink(missing_ok=True)
+    for name in CHECKPOINTS:
+        (run_dir / name).unlink(missing_ok=True)
     return status
 
 
@@ -137,6 +185,9 @@ def load_model(run_dir: str | Path, device: Any = "cpu") -> Any:
                          f"{read_status(run_dir)['status']})")
     model = build_objective_model(config["objective"], config["architecture"],
                                   config["latent_dim"], config["objective_options"])
-    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    try:
+        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    except Exception as e:  # not a state dict of this architecture (or not a state dict)
+        raise InputError(f"unreadable model {path}: {e}".splitlines()[0]) from None
     return model.to(device).eval()
 

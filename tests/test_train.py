@@ -267,3 +267,56 @@ def test_ae_trains_once_per_seed_and_every_beta_gets_that_model(tiny_dataset, tm
         assert all(torch.equal(v, copy[k]) for k, v in _params(d).items())
     assert not torch.equal(_params(runs[0, 0.5])["encoder.1.weight"],
                            _params(runs[1, 0.5])["encoder.1.weight"])
+
+
+class _Killed(BaseException):
+    """Stands for kill -9 between two file writes (nothing after it runs)."""
+
+
+@pytest.mark.usefixtures("one_thread")
+# kill k: right after the first run saved the (k + 1)-th checkpoint of that invocation
+# (every 4 iterations). (1,): runs at 8, 4, 4 -> resume at 4. (1, 2): resumed at 4, saved 8
+# and 12, killed with the runs at 16 (the final checkpoint), 12, 12 -> resume at 12.
+@pytest.mark.parametrize(("kills", "resume_at"), [((1,), 4), ((1, 2), 12)])
+def test_kill_between_two_runs_checkpoints_resumes_the_group_exactly(
+        tiny_dataset, tmp_path, monkeypatch, kills, resume_at):
+    """The runs of a group end bit-identical to an uninterrupted grid however the kill
+    splits their checkpoints (one run a checkpoint ahead of the others)."""
+    from benchmark import models
+
+    monkeypatch.setattr(models, "_HIDDEN", 32)
+    config = _write_grid(tmp_path / "g.toml", tiny_dataset, betas=[0.5, 2.0, 8.0], seeds=[0],
+                         iterations=16, checkpoint_every=4, log_every=2)
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    assert main(["train", str(config), "--out", str(straight)]) == 0
+    save = runs_io.save_checkpoint
+    for kill in kills:
+        calls = []
+
+        def dies_after(run_dir, state, history, group, kill=kill, calls=calls):
+            save(run_dir, state, history, group)
+            calls.append(run_dir)
+            if len(calls) == 3 * kill + 1:  # one run of three saved at this checkpoint
+                raise _Killed
+
+        monkeypatch.setattr(runs_io, "save_checkpoint", dies_after)
+        with pytest.raises(_Killed):
+            main(["train", str(config), "--out", str(killed)])
+        iterations = {runs_io.read_status(d)["iteration"] for d in runs_io.find_runs(killed)}
+        assert len(iterations) == 2  # the group is split across two checkpoints
+    monkeypatch.setattr(runs_io, "save_checkpoint", save)
+    from benchmark import trainer
+
+    starts, train_group = [], trainer.train_group
+    monkeypatch.setattr(trainer, "train_group", lambda spec, images, *, states=None, **kw: (
+        starts.append([s.iteration for s in states or []]) or
+        train_group(spec, images, states=states, **kw)))
+    assert main(["train", str(config), "--out", str(killed)]) == 0
+    # one job, from the last checkpoint all three runs had: at most one interval is lost
+    assert starts == [[resume_at] * 3]
+    for run_dir in runs_io.find_runs(straight):
+        a, b = _params(run_dir), _params(killed / run_dir.name)
+        assert all(torch.equal(a[k], b[k]) for k in a), run_dir.name
+        assert not list((killed / run_dir.name).glob("checkpoint*.pt"))
+        history = pd.read_csv(killed / run_dir.name / "history.csv")
+        assert history["iteration"].tolist() == list(range(2, 17, 2))
