@@ -146,7 +146,7 @@ def _check_inputs(todo: list[tuple[Path, dict]]) -> dict[str, Any]:
     for run_dir, config in todo:
         path = config["dataset"]
         if path not in datasets:
-            datasets[path] = tetrominoes.load(path)
+            datasets[path] = tetrominoes.load_verified(path)
         data = datasets[path]
         if config.get("dataset_fingerprint", data.fingerprint) != data.fingerprint:
             raise InputError(f"run {run_dir.name}: dataset {path} changed since training")

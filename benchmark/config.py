@@ -13,6 +13,7 @@ import dataclasses
 import hashlib
 import itertools
 import json
+import math
 import re
 import sys
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ else:  # pragma: no cover
 
 PRECISIONS = ("fp32", "bf16")
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 # Fields of a run that change the trained model; everything else (device, logging,
 # checkpoint cadence, the dataset's location) may differ without changing the run.
 _IDENTITY = ("dataset_fingerprint", "split", "architecture", "objective", "objective_options",
@@ -70,6 +72,8 @@ def load_grid(path: str | Path, **overrides: Any) -> GridConfig:
         raw = tomllib.loads(path.read_text())
     except FileNotFoundError:
         raise InputError(f"config file not found: {path}") from None
+    except IsADirectoryError:
+        raise InputError(f"config {path} is a directory; give a grid .toml file") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise InputError(f"config file {path} is not valid TOML: {e}") from None
     raw.update({k: v for k, v in overrides.items() if v is not None})
@@ -124,16 +128,24 @@ def _validate(grid: GridConfig, source: str) -> None:
     _check_names(source, "split", grid.splits, tetrominoes.SPLIT_NAMES)
     _check_names(source, "architecture", grid.architectures, ARCHITECTURES)
     _check_names(source, "objective", grid.objectives, objective_names())
-    if any(b <= 0 for b in grid.betas):
-        raise InputError(f"{source}: every beta must be > 0, got {list(grid.betas)}")
+    if not _NAME.match(grid.name):
+        raise InputError(f"{source}: name must be letters, digits, '.', '_' or '-' (it names "
+                         f"files and the default runs directory), got {grid.name!r}")
+    if any(not math.isfinite(b) or b <= 0 for b in grid.betas):
+        raise InputError(f"{source}: every beta must be > 0 and finite, got {list(grid.betas)}")
     if any(s < 0 for s in grid.seeds):
         raise InputError(f"{source}: seeds must be >= 0, got {list(grid.seeds)}")
     for key in ("iterations", "batch_size", "checkpoint_every", "log_every", "latent_dim",
                 "max_group_size"):
         if getattr(grid, key) < 1:
             raise InputError(f"{source}: {key} must be >= 1, got {getattr(grid, key)}")
-    if grid.learning_rate <= 0:
-        raise InputError(f"{source}: learning_rate must be > 0, got {grid.learning_rate}")
+    if not math.isfinite(grid.learning_rate) or grid.learning_rate <= 0:
+        raise InputError(f"{source}: learning_rate must be > 0 and finite, "
+                         f"got {grid.learning_rate}")
+    if grid.checkpoint_every % grid.log_every:
+        raise InputError(f"{source}: checkpoint_every ({grid.checkpoint_every}) must be a "
+                         f"multiple of log_every ({grid.log_every}), so that a resumed "
+                         "history.csv equals an uninterrupted one")
     if grid.precision not in PRECISIONS:
         raise InputError(f"{source}: precision must be one of {', '.join(PRECISIONS)}")
     parse_devices(grid.device)

@@ -188,9 +188,24 @@ def run_job(job: Job, device: str, progress: bool = True, threads: int | None = 
             for dirs, s, h in zip(outputs, final, histories, strict=True) for d in dirs]
 
 
+def connect(scheduler: str, timeout: float = 20.0) -> Any:
+    """A ``dask.distributed.Client`` of the scheduler at the user's address (never another),
+    or one line and exit 2 if it cannot be reached: called before anything is written."""
+    from dask.distributed import Client
+
+    try:
+        return Client(scheduler, timeout=timeout)
+    except Exception as e:  # ValueError (address), OSError/TimeoutError (unreachable), ...
+        reason = (str(e).splitlines() or [type(e).__name__])[0]
+        raise InputError(f"cannot reach the Dask scheduler at {scheduler!r}: {reason}") from None
+
+
 def dispatch(jobs: list[Job], devices: list[str], workers: int, backend: str,
-             scheduler: str | None) -> list[tuple[str, str]]:
-    """Run jobs with joblib; returns (run_id, status) for every trained run."""
+             client: Any = None) -> list[tuple[str, str]]:
+    """Run jobs with joblib; returns (run_id, status) for every trained run.
+
+    ``client``: the connected Dask client (``connect``) when ``backend == "dask"``; joblib's
+    Dask backend uses it as the current client, and the caller closes it."""
     from joblib import Parallel, delayed, parallel_config
     from tqdm.auto import tqdm
 
@@ -199,16 +214,12 @@ def dispatch(jobs: list[Job], devices: list[str], workers: int, backend: str,
     results: list[tuple[str, str]] = []
     bar = tqdm(total=len(jobs), desc="jobs", unit="job", position=0, file=sys.stderr)
     if backend == "dask":
-        from dask.distributed import Client
-
-        client = Client(scheduler)  # only ever the address the user gave
         calls = (delayed(run_job)(job, devices[i % len(devices)], False)
                  for i, job in enumerate(jobs))
         with parallel_config(backend="dask", wait_for_workers_timeout=60):
             for out in Parallel(n_jobs=-1, return_as="generator_unordered")(calls):
                 results += out
                 bar.update()
-        client.close()
     elif workers == 1:
         for i, job in enumerate(jobs):
             results += run_job(job, devices[i % len(devices)], progress=True)

@@ -35,6 +35,11 @@ def test_paper_and_demo_presets_parse():
      ({"objectives": ["vae"]}, "unknown objective 'vae'"),
      ({"betas": [1.0, 0.0]}, "every beta must be > 0"),
      ({"betas": [-1.0]}, "every beta must be > 0"),
+     ({"betas": [float("nan")]}, "every beta must be > 0 and finite"),
+     ({"betas": [float("inf")]}, "every beta must be > 0 and finite"),
+     ({"learning_rate": float("nan")}, "learning_rate must be > 0 and finite"),
+     ({"name": "../../escape"}, "name must be letters, digits"),
+     ({"checkpoint_every": 25, "log_every": 10}, "must be a multiple of log_every (10)"),
      ({"seeds": [0, 0]}, "duplicate"),
      ({"iterations": 0}, "iterations must be >= 1"),
      ({"learning_rate": "fast"}, "learning_rate must be float"),
@@ -61,6 +66,8 @@ def test_bad_toml_file(tmp_path):
         load_grid(path)
     with pytest.raises(InputError, match="not found"):
         load_grid(tmp_path / "absent.toml")
+    with pytest.raises(InputError, match="is a directory"):
+        load_grid(tmp_path)
 
 
 def test_devices():

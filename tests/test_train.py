@@ -320,3 +320,42 @@ def test_kill_between_two_runs_checkpoints_resumes_the_group_exactly(
         assert not list((killed / run_dir.name).glob("checkpoint*.pt"))
         history = pd.read_csv(killed / run_dir.name / "history.csv")
         assert history["iteration"].tolist() == list(range(2, 17, 2))
+
+
+def test_damaged_dataset_is_refused_by_train_and_evaluate(tiny_dataset, tmp_path, capsys):
+    """A dataset whose images no longer match the manifest's sha256: exit 2, nothing written."""
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_dataset, data)
+    config = _write_grid(tmp_path / "g.toml", data, iterations=2, log_every=1,
+                         checkpoint_every=2, betas=[1.0], seeds=[0])
+    assert main(["train", str(config), "--out", str(tmp_path / "runs")]) == 0
+    with (data / "images.npy").open("r+b") as f:  # flip one pixel byte past the header
+        f.seek(-1, 2)
+        byte = f.read(1)
+        f.seek(-1, 2)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    capsys.readouterr()
+    assert main(["evaluate", str(tmp_path / "runs")]) == 2
+    assert main(["train", str(config), "--out", str(tmp_path / "more")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and all("checksum mismatch: images.npy" in line for line in err)
+    assert not (tmp_path / "more").exists()
+    assert not list((tmp_path / "runs").glob("*/metrics.json"))
+
+
+@pytest.mark.parametrize("address", ["notanaddress", "tcp://127.0.0.1:1"])
+def test_unreachable_dask_scheduler_is_one_line_before_anything_is_written(
+        tiny_dataset, tmp_path, capsys, monkeypatch, address):
+    pytest.importorskip("dask.distributed")
+    from benchmark import runner, train
+
+    monkeypatch.setattr(train, "connect", lambda scheduler: runner.connect(scheduler, timeout=2))
+    config = _write_grid(tmp_path / "g.toml", tiny_dataset)
+    out = tmp_path / "runs"
+    assert main(["train", str(config), "--out", str(out), "--backend", "dask",
+                 "--scheduler", address]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"cannot reach the Dask scheduler at {address!r}" in err[0], err
+    assert not out.exists()

@@ -5,7 +5,7 @@
 """
 
 from tetrominoes.build import generate
-from tetrominoes.data import Split, Tetrominoes, images_as_float, load
+from tetrominoes.data import Split, Tetrominoes, images_as_float, load, load_verified
 from tetrominoes.factors import BINS, FACTOR_NAMES, N_IMAGES, RANGES, sample_factors
 from tetrominoes.raster import coverage, render
 from tetrominoes.splits import SPLIT_NAMES, make_split
@@ -13,7 +13,7 @@ from tetrominoes.splits import SPLIT_NAMES, make_split
 __all__ = [
     "BINS", "FACTOR_NAMES", "N_IMAGES", "RANGES", "SPLIT_NAMES", "Split", "Tetrominoes",
     "TetrominoesDataset", "coverage", "figures", "generate", "images_as_float", "load",
-    "make_split", "render", "sample_factors",
+    "load_verified", "make_split", "render", "sample_factors",
 ]
 
 
