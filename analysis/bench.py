@@ -7,7 +7,8 @@
   chunks of 256) for mlp1 … cnn3, on the CPU and on CUDA when present. Freshly initialised
   models: throughput does not depend on the weights.
 
-Prints a Markdown table; ``--out FILE.json`` writes the results with the device names.
+Prints a Markdown table; ``--out FILE.json`` writes the results with the device names
+(``"bench": "eval"`` marks the file as one a re-run may replace).
 """
 
 from __future__ import annotations
@@ -23,16 +24,18 @@ import torch
 
 from analysis import estimators as est
 from analysis.evaluate import EvalSettings, ModelGroup, encode_set
-from rdbench.io import InputError, atomic_write_json
+from rdbench.io import atomic_write_json, check_bench_output
 
 ARCHITECTURES = ("mlp1", "mlp3", "cnn1", "cnn3")
 
 
 def main(args: argparse.Namespace) -> int:
     devices = _devices(args.device)
+    out = check_bench_output(args.out, args.force, "eval")
     quick = bool(args.quick)
     n_rate, n_images, models = (8192, 512, 2) if quick else (81920, 4096, 8)
-    results: dict[str, Any] = {"quick": quick, "cpu": platform.processor() or platform.machine(),
+    results: dict[str, Any] = {"bench": "eval", "quick": quick,
+                               "cpu": platform.processor() or platform.machine(),
                                "torch_threads": torch.get_num_threads(), "devices": {},
                                "rate_decomposition": [], "throughput": []}
     for device in devices:
@@ -41,8 +44,8 @@ def main(args: argparse.Namespace) -> int:
         for arch in ARCHITECTURES:
             results["throughput"].append(bench_throughput(arch, models, n_images, device))
     print(markdown(results))
-    if args.out:
-        atomic_write_json(args.out, results)
+    if out is not None:
+        atomic_write_json(out, results)
     return 0
 
 
@@ -105,16 +108,14 @@ def markdown(results: dict) -> str:
 
 
 def _devices(spec: str) -> list[torch.device]:
-    """``auto``: the CPU, plus CUDA when present; otherwise the one device named."""
+    """``auto``: the CPU, plus CUDA when present; otherwise the one device named, validated
+    as every command validates devices (:func:`rdbench.device.resolve_device`)."""
+    from rdbench.device import resolve_device
+
     if spec == "auto":
         return [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available()
                                         else [])
-    if spec.startswith("cuda") and not torch.cuda.is_available():
-        raise InputError(f"device {spec} requested but CUDA is not available")
-    try:
-        return [torch.device(spec)]
-    except RuntimeError:
-        raise InputError(f"unknown device {spec!r}") from None
+    return [resolve_device(spec)]
 
 
 def _device_name(device: torch.device) -> str:

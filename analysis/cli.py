@@ -9,6 +9,9 @@ import argparse
 
 from rdbench._lazy import handler
 
+_DEVICE_HELP = "auto (CUDA when available, else CPU), cpu, cuda or cuda:N (default auto)"
+_KP_FORCE_HELP = "replace an earlier kp output in --out (never a directory that is not one)"
+
 
 def register(commands: argparse._SubParsersAction) -> None:
     _register_evaluate(commands)
@@ -19,9 +22,14 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 def register_bench(benches: argparse._SubParsersAction) -> None:
     p = benches.add_parser("eval", help="rate-decomposition and evaluation throughput")
-    p.add_argument("--out", default=None, help="write the JSON results here")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--out", default=None, metavar="FILE.json", help="write the JSON results "
+                   "here (an existing file only if it is an earlier `bench eval` result)")
+    p.add_argument("--device", default="auto",
+                   help="cpu, cuda or cuda:N; auto (default) measures the CPU and, when "
+                        "present, CUDA")
     p.add_argument("--quick", action="store_true", help="small sizes, for a smoke test")
+    p.add_argument("--force", action="store_true",
+                   help="replace an existing --out file that is not a `bench eval` result")
     p.set_defaults(handler=handler("analysis.bench:main"))
 
 
@@ -42,7 +50,7 @@ def _register_evaluate(commands: argparse._SubParsersAction) -> None:
                         "(default 0 = all)")
     p.add_argument("--batch-size", type=int, default=256, metavar="B",
                    help="images per chunk on the device (default 256)")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help=_DEVICE_HELP)
     p.add_argument("--force", action="store_true",
                    help="re-evaluate runs that have metrics (and recompute neighbours)")
     p.set_defaults(handler=handler("analysis.evaluate:main"))
@@ -52,15 +60,18 @@ def _register_report(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser("report", help="figures and tables of evaluated runs")
     p.add_argument("runs_dir", metavar="RUNS_DIR")
     p.add_argument("--out", default=None, help="report directory (default RUNS_DIR/report)")
-    p.add_argument("--force", action="store_true", help="replace an existing report")
+    p.add_argument("--force", action="store_true",
+                   help="replace an earlier report (never a directory that is not one)")
     p.set_defaults(handler=handler("analysis.report:main"))
 
 
 def _register_demo(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser("demo", help="the whole pipeline at CPU scale, in minutes")
     p.add_argument("--out", default="results/demo", help="output directory (default results/demo)")
-    p.add_argument("--force", action="store_true", help="replace a non-empty output directory")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--force", action="store_true",
+                   help="rerun into a used output directory: remove only what an earlier demo "
+                        "wrote (runs/, report/, demo.toml) and reuse a valid data/")
+    p.add_argument("--device", default="auto", help=_DEVICE_HELP)
     p.set_defaults(handler=handler("analysis.demo:main"))
 
 
@@ -72,8 +83,8 @@ def _register_kp(commands: argparse._SubParsersAction) -> None:
         q = kp.add_parser(name, help=text)
         q.add_argument("runs_dir", metavar="RUNS_DIR")
         q.add_argument("--out", default=None, help="output directory (default RUNS_DIR/kp)")
-        q.add_argument("--device", default="auto")
-        q.add_argument("--force", action="store_true")
+        q.add_argument("--device", default="auto", help=_DEVICE_HELP)
+        q.add_argument("--force", action="store_true", help=_KP_FORCE_HELP)
         q.add_argument("--examples", type=int, default=256, metavar="N",
                        help="held-out test images per run (default 256)")
         if name == "objectives":
@@ -92,6 +103,6 @@ def _register_kp(commands: argparse._SubParsersAction) -> None:
                    "[0°, 90°) every STEP degrees (default 7.5)")
     q.add_argument("--unamortised", action="store_true", help="per-point posteriors "
                    "N(μ_i, Σ_i) instead of the encoder N(Cx + d, Σ) (their Fig. 6)")
-    q.add_argument("--device", default="auto")
-    q.add_argument("--force", action="store_true")
+    q.add_argument("--device", default="auto", help=_DEVICE_HELP)
+    q.add_argument("--force", action="store_true", help=_KP_FORCE_HELP)
     q.set_defaults(handler=handler("analysis.kp.uniqueness:main"))

@@ -12,11 +12,13 @@ import time
 from importlib import resources
 from pathlib import Path
 
-from rdbench.io import InputError, atomic_write_text, check_output_dir
+from rdbench.io import InputError, atomic_write_text, check_output_dir, output_kind
 
 # Estimator settings sized for a 2-core CPU; `rdbench evaluate` defaults are the paper's.
 EVALUATE_ARGS = ["--iwae-samples", "100", "--iwae-subset", "300", "--nn-subset", "2000",
                  "--max-examples", "4096"]
+# First line of OUT/demo.toml: how `--force` tells the demo's grid file from a user's.
+GRID_HEADER = "# Written by `rdbench demo` (replaced by `rdbench demo --force`: edit a copy).\n"
 
 
 def demo_grid_text(dataset: Path) -> str:
@@ -27,10 +29,13 @@ def demo_grid_text(dataset: Path) -> str:
 
 def main(args: argparse.Namespace) -> int:
     from rdbench.cli import main as rdbench
+    from rdbench.device import resolve_device
 
     out = check_output_dir(args.out, force=args.force)
+    resolve_device(args.device)  # a bad device must fail before the dataset is generated
     data_dir, runs_dir, report_dir = out / "data", out / "runs", out / "report"
     if args.force and out.exists():
+        check_previous_demo(out)
         _clear_previous_demo(out)
     start = time.perf_counter()
     steps = [
@@ -69,14 +74,70 @@ def _dataset(data_dir: Path, rdbench) -> int:
 
 def _grid_file(out: Path, data_dir: Path) -> Path:
     path = out / "demo.toml"
-    atomic_write_text(path, demo_grid_text(data_dir))
+    atomic_write_text(path, GRID_HEADER + demo_grid_text(data_dir))
     return path
+
+
+def check_previous_demo(out: Path) -> None:
+    """Refuse ``--force`` when an entry the demo would remove or replace is not the demo's.
+
+    ``data/`` must be an rdbench dataset, ``report/`` an rdbench report, ``runs/`` the runs
+    of the demo grid only, ``demo.toml`` the demo's grid file: a user's file of the same
+    name is never deleted. Anything else in ``out`` is left alone and does not matter.
+    """
+    problems = [f"{name} ({why})" for name, why in [
+        ("data", _not_of_kind(out / "data", "dataset")),
+        ("report", _not_of_kind(out / "report", "report")),
+        ("runs", _not_demo_runs(out / "runs")),
+        ("demo.toml", _not_demo_grid(out / "demo.toml", out / "data"))] if why]
+    if problems:
+        raise InputError(f"{out} is not an earlier demo's directory, --force would replace "
+                         f"what the demo did not write: {'; '.join(problems)}")
+
+
+def _not_of_kind(path: Path, kind: str) -> str | None:
+    if not path.exists() or (path.is_dir() and not any(path.iterdir())):
+        return None
+    found = output_kind(path) if path.is_dir() else None
+    return None if found == kind else f"not an rdbench {kind}"
+
+
+def _not_demo_runs(runs: Path) -> str | None:
+    """Why ``runs`` is not (only) the demo grid's runs directory, or None when it is."""
+    if not runs.exists() or (runs.is_dir() and not any(runs.iterdir())):
+        return None
+    grids = runs / "grids"  # benchmark.train's marker: RUNS_DIR/grids/<name>.json
+    if not runs.is_dir() or not grids.is_dir():
+        return "not an rdbench runs directory"
+    if {p.name for p in grids.iterdir()} - {f"{_demo_grid_name()}.json"}:
+        return "holds runs of other grids than the demo's"
+    foreign = [p.name for p in runs.iterdir() if p.name not in ("grids", "neighbours")
+               and not (p / "config.json").is_file()]
+    return f"holds {foreign[0]}, which is not a run" if foreign else None
+
+
+def _not_demo_grid(path: Path, data_dir: Path) -> str | None:
+    if not path.exists():
+        return None
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError):
+        return "not the demo's grid file"
+    legacy = text == demo_grid_text(data_dir)  # written before GRID_HEADER existed
+    return None if text.startswith(GRID_HEADER) or legacy else "not the demo's grid file"
+
+
+def _demo_grid_name() -> str:
+    import tomllib
+
+    return tomllib.loads(demo_grid_text(Path("data")))["name"]
 
 
 def _clear_previous_demo(out: Path) -> None:
     """With --force, remove what an earlier demo wrote (a valid dataset is kept and reused).
 
-    Only the demo's own entries are touched, never anything else in ``out``.
+    Only the demo's own entries are touched, never anything else in ``out``; the caller
+    has checked with :func:`check_previous_demo` that they are the demo's.
     """
     import shutil
 

@@ -45,15 +45,16 @@ def build_report(runs_dir: str | Path, out_dir: str | Path | None = None,
                  force: bool = False) -> Path:
     """Write the report of ``runs_dir`` to ``out_dir`` (default ``RUNS_DIR/report``).
 
-    Raises :class:`InputError` before writing anything when RUNS_DIR is missing, holds no
-    evaluated run, or ``out_dir`` is not empty and ``force`` is false.
+    Raises :class:`InputError` before writing anything when RUNS_DIR is missing or holds no
+    evaluated run, or when ``out_dir`` is (or contains) RUNS_DIR, or is a non-empty directory
+    other than an earlier report (which ``force`` replaces).
     """
     runs_dir = Path(runs_dir).expanduser().resolve()
     out = Path(out_dir).expanduser().resolve() if out_dir else runs_dir / "report"
     runs = collect_runs(runs_dir)
+    check_output_dir(out, force, kind="report", inputs=[runs_dir])
     summary = summarise(runs)
-    check_output_dir(out, force)
-    with staged_directory(out, force) as tmp:
+    with staged_directory(out, force, kind="report") as tmp:
         _write_tables(runs, summary, tmp)
         blocks = _overview(runs, summary)
         blocks += _figure_blocks(runs, summary, runs_dir, tmp / "figures")

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rdbench import _lazy
-from rdbench.io import InputError, atomic_write_json
+from rdbench.io import InputError, atomic_write_json, check_bench_output
 
 if TYPE_CHECKING:  # torch is imported only when the benchmark runs (fast ``rdbench --help``)
     import numpy as np
@@ -65,7 +65,11 @@ def register_bench_train(benches: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--steps", type=int, default=None, help="timed steps per measurement")
     p.add_argument("--batch", type=int, default=BATCH, help=f"minibatch size (default {BATCH})")
-    p.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
+    p.add_argument("--out", type=Path, default=None, metavar="FILE.json",
+                   help="write the results as JSON here (an existing file only if it is an "
+                        "earlier `bench train` result)")
+    p.add_argument("--force", action="store_true",
+                   help="replace an existing --out file that is not a `bench train` result")
     p.add_argument("--quick", action="store_true", help="few steps, small groups (smoke run)")
     p.set_defaults(handler=_lazy.handler("benchmark.bench:main"))
 
@@ -228,8 +232,6 @@ def _validate(args: argparse.Namespace) -> None:
         raise InputError("--steps must be >= 1")
     if args.batch < 1:
         raise InputError("--batch must be >= 1")
-    if args.out is not None and args.out.is_dir():
-        raise InputError(f"--out {args.out} is a directory; give a .json file")
 
 
 def measure(
@@ -339,6 +341,7 @@ def main(args: argparse.Namespace) -> int:
 
     _validate(args)
     device = _setup_device(resolve_device(args.device))
+    out = check_bench_output(args.out, args.force, "train")
     sizes, steps, warmup, repeats = _defaults(args, device)
     images = np.random.default_rng(0).integers(0, 256, (4096, 32, 32, 3), dtype=np.uint8)
     peak = matmul_peak(device)
@@ -369,8 +372,8 @@ def main(args: argparse.Namespace) -> int:
         "projection": projection(rows),
     }
     print(markdown(result))
-    if args.out is not None:
-        atomic_write_json(args.out, result)
+    if out is not None:
+        atomic_write_json(out, result)
     return 0
 
 

@@ -1,6 +1,7 @@
 """``rdbench bench train``: known answers of its arithmetic, input checks, tiny timers."""
 
 import argparse
+import json
 
 import numpy as np
 import pytest
@@ -78,3 +79,51 @@ def test_timers_and_copy_bandwidth_run_tiny():
     assert bench.time_vectorised("cnn1", 2, 2, 1, images, cpu, batch=8) > 0
     assert bench.time_loop("cnn1", 2, 2, 1, images, cpu, batch=8) > 0
     assert bench.copy_bandwidth(cpu, n_bytes=1 << 20, repeats=2) > 0
+
+
+# ---------------------------------------------------------------- --out of every bench
+class MeasuringError(Exception):
+    """Raised in place of the measurements: the command got past its input checks (not an error)."""
+
+
+def _no_measuring(*args, **kwargs):
+    raise MeasuringError
+
+
+@pytest.fixture
+def benches(monkeypatch):
+    """``rdbench bench WHAT`` with its first measurement replaced by :class:`MeasuringError`."""
+    import analysis.bench
+    import tetrominoes.bench
+
+    monkeypatch.setattr(bench, "matmul_peak", _no_measuring)
+    monkeypatch.setattr(analysis.bench, "bench_rate_decomposition", _no_measuring)
+    monkeypatch.setattr(tetrominoes.bench, "run", _no_measuring)
+    return {"train": ["--device", "cpu"], "eval": ["--device", "cpu"], "data": []}
+
+
+@pytest.mark.parametrize("what", ["train", "eval", "data"])
+def test_bench_out_is_checked_before_measuring(benches, what, tmp_path, capsys):
+    from rdbench.cli import main
+
+    user = tmp_path / "user.json"
+    user.write_text('{"mine": 1}')
+    for out in (user, tmp_path, user / "x.json"):
+        assert main(["bench", what, *benches[what], "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("rdbench: error:") and err.count("\n") == 1
+    assert user.read_text() == '{"mine": 1}'
+    with pytest.raises(MeasuringError):  # --force replaces any file
+        main(["bench", what, *benches[what], "--out", str(user), "--force"])
+    earlier = tmp_path / "results" / f"{what}.json"  # a re-run into the same path
+    earlier.parent.mkdir()
+    earlier.write_text(json.dumps({"bench": what}))
+    with pytest.raises(MeasuringError):
+        main(["bench", what, *benches[what], "--out", str(earlier)])
+
+
+def test_bench_eval_validates_the_device_as_every_command(capsys):
+    from rdbench.cli import main
+
+    assert main(["bench", "eval", "--device", "tpu"]) == 2
+    assert "invalid device 'tpu'" in capsys.readouterr().err

@@ -1,14 +1,17 @@
 """Factors, generate, load, the CLI, figures: on tiny datasets (grid (4, 4, 2, 4, 4))."""
 
 import json
+import os
 import shutil
+import stat
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 import tetrominoes
 from rdbench.cli import main
-from rdbench.io import InputError
+from rdbench.io import MARKER, InputError
 from tetrominoes.build import TINY_GRID, generate
 from tetrominoes.factors import BINS, FACTOR_NAMES, RANGES, factor_bins, sample_factors
 
@@ -43,7 +46,7 @@ def test_tiny_dataset_layout(tiny_dataset):
              if p.is_file()}
     expected = {"images.npy", "factors.csv", "manifest.json", "preview.png",
                 *(f"splits/{s}.npz" for s in tetrominoes.SPLIT_NAMES)}
-    assert names == expected
+    assert names == {*expected, MARKER}  # the marker is outside the manifest (fingerprint)
     manifest = json.loads((tiny_dataset / "manifest.json").read_text())
     assert set(manifest["files"]) == expected - {"manifest.json"}
     assert manifest["counts"]["images"] == 512 and manifest["seed"] == 0
@@ -118,6 +121,40 @@ def test_cli_generate_force_and_refusal(tmp_path, capsys):
                  "--workers", "1", *grid]) == 0
     assert (out / "images.npy").read_bytes() != before
     assert json.loads((out / "manifest.json").read_text())["seed"] == 5
+
+
+GRID_2 = ["--workers", "1", "--grid", "2", "2", "2", "2", "2"]
+
+
+def test_cli_generate_force_never_deletes_a_directory_that_is_not_a_dataset(
+        tmp_path, monkeypatch, capsys):
+    (tmp_path / "notes.txt").write_text("mine")
+    monkeypatch.chdir(tmp_path)
+    assert main(["data", "generate", "--out", ".", "--force", *GRID_2]) == 2
+    err = capsys.readouterr().err
+    assert "not written by rdbench" in err and err.count("\n") == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+
+
+def test_cli_generate_files_have_umask_modes(tmp_path):
+    before = os.umask(0o022)
+    try:
+        assert main(["data", "generate", "--out", str(tmp_path / "d"), *GRID_2]) == 0
+    finally:
+        os.umask(before)
+    modes = {stat.S_IMODE(p.stat().st_mode) for p in [tmp_path / "d", *(tmp_path / "d").rglob("*")]
+             if p.is_file()}
+    dirs = {stat.S_IMODE(p.stat().st_mode) for p in [tmp_path / "d", tmp_path / "d" / "splits"]}
+    assert (modes, dirs) == ({0o644}, {0o755})
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs /proc")
+def test_cli_generate_uncreatable_out_is_one_line(monkeypatch, capsys):
+    monkeypatch.setattr(os, "access", lambda *args, **kwargs: True)  # what root is told
+    assert main(["data", "generate", "--out", "/proc/nope/x", *GRID_2]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("rdbench: error: cannot create output directory") and \
+        err.count("\n") == 1
 
 
 @pytest.mark.parametrize("args", [["--seed", "-1"], ["--workers", "0"]])

@@ -138,8 +138,8 @@ def kp_runs(tmp_path_factory, tiny_dataset):
 
 
 def _args(runs_dir, out, **kw) -> argparse.Namespace:
-    return argparse.Namespace(runs_dir=str(runs_dir), out=str(out), device="cpu", force=False,
-                              examples=6, samples=3, **kw)
+    return argparse.Namespace(**{"runs_dir": str(runs_dir), "out": str(out), "device": "cpu",
+                                 "force": False, "examples": 6, "samples": 3, **kw})
 
 
 def test_jacobian_cli_writes_tables_and_figures(kp_runs, tmp_path):
@@ -165,6 +165,16 @@ def test_objectives_cli_writes_tables_and_figure(kp_runs, tmp_path):
     summary = pd.read_csv(out / "objectives_summary.csv")
     assert len(summary) == 4 and (summary.n_seeds == 1).all()
     assert (out / "objectives.png").exists() and (out / "objectives.pdf").exists()
+
+
+def test_force_replaces_an_earlier_output_but_never_the_runs(kp_runs, tmp_path):
+    out = tmp_path / "kp"
+    assert objectives.main(_args(kp_runs, out, examples=2, samples=1)) == 0
+    assert objectives.main(_args(kp_runs, out, examples=2, samples=1, force=True)) == 0
+    before = sorted(p.name for p in kp_runs.rglob("*"))
+    with pytest.raises(InputError, match="is the input directory"):
+        objectives.main(_args(kp_runs, kp_runs, examples=2, samples=1, force=True))
+    assert sorted(p.name for p in kp_runs.rglob("*")) == before
 
 
 def test_analyses_refuse_runs_dir_without_vae_runs(tmp_path):

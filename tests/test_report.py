@@ -10,8 +10,10 @@ from __future__ import annotations
 import base64
 import json
 import math
+import os
 import re
 import shutil
+import stat
 import subprocess
 import types
 from pathlib import Path
@@ -24,7 +26,7 @@ import torch
 from analysis import figures, figures_rd, report, tables
 from analysis.plot_style import Skipped
 from rdbench.cli import main as rdbench_main
-from rdbench.io import InputError
+from rdbench.io import InputError, output_kind
 
 SIZES = {"cv-16384": (16384, 147456), "cv-81920": (81920, 81920)}
 BETAS = (0.01, 0.1, 1.0, 3.0)
@@ -330,6 +332,33 @@ def test_bad_input_is_one_clear_error(runs_dir: Path, tmp_path: Path,
     assert (out / "keep.txt").read_text() == "mine"
     assert rdbench_main(["report", str(tmp_path / "missing")], packages=("analysis",)) == 2
     assert capsys.readouterr().err.startswith("rdbench: error: runs directory not found")
+
+
+def test_force_never_replaces_the_runs_or_a_user_directory(runs_dir: Path, tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture) -> None:
+    before = sorted(p.name for p in runs_dir.iterdir())
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    for out, why in [(runs_dir, "is the input directory"),
+                     (runs_dir.parent, "contains the input directory"),
+                     (mine, "not written by rdbench")]:
+        argv = ["report", str(runs_dir), "--out", str(out), "--force"]
+        assert rdbench_main(argv, packages=("analysis",)) == 2
+        err = capsys.readouterr().err
+        assert why in err and err.count("\n") == 1
+    assert sorted(p.name for p in runs_dir.iterdir()) == before
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]
+
+
+def test_report_is_marked_as_one_and_readable_by_others(built: Path) -> None:
+    umask = os.umask(0)
+    os.umask(umask)
+    assert output_kind(built) == "report"  # what lets `--force` replace it later
+    for path in (built, built / "figures"):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o777 & ~umask
+    for path in (built / "index.html", built / "figures" / "rd_sizes.png"):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask
 
 
 # ---------------------------------------------------------------- the page in a browser

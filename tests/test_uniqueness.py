@@ -59,7 +59,7 @@ from analysis.kp.uniqueness_training import (
     train_batch,
 )
 from rdbench.cli import main as rdbench_main
-from rdbench.io import InputError
+from rdbench.io import MARKER, InputError, output_kind
 
 CPU = torch.device("cpu")
 torch.set_num_threads(1)  # tiny tensors: threads only add contention on a shared CPU
@@ -313,6 +313,7 @@ def test_cli_rejects_bad_input_before_work(tmp_path, capsys) -> None:
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "x").write_text("x")
     for argv in (["--out", str(tmp_path / "full")],
+                 ["--out", str(tmp_path / "full"), "--force"],  # not an rdbench output
                  ["--out", str(tmp_path / "new"), "--seed", "-1"],
                  ["--out", str(tmp_path / "new"), "--device", "tpu"],
                  ["--out", str(tmp_path / "new"), "--nonlinearities", "relu"]):
@@ -320,6 +321,7 @@ def test_cli_rejects_bad_input_before_work(tmp_path, capsys) -> None:
         err = capsys.readouterr().err
         assert err.startswith("rdbench: error:") and err.count("\n") == 1
     assert not (tmp_path / "new").exists()
+    assert [p.name for p in (tmp_path / "full").iterdir()] == ["x"]
 
 
 def test_same_data_trials_share_the_data_but_not_the_initialisation() -> None:
@@ -478,7 +480,8 @@ def test_orientation_main_validates_then_writes_its_files(tmp_path, monkeypatch)
     assert uniqueness.main(_orientation_args(tmp_path / "run")) == 0
     names = {p.name for p in (tmp_path / "run").iterdir()}
     assert names == {"orientations.csv", "orientations.md", "config.json",
-                     "angle_vs_orientation.png", "angle_vs_orientation.pdf"}
+                     "angle_vs_orientation.png", "angle_vs_orientation.pdf", MARKER}
+    assert output_kind(tmp_path / "run") == "kp"
     table = pd.read_csv(tmp_path / "run" / "orientations.csv")
     assert tuple(table.columns) == ORIENTATION_COLUMNS and len(table) == 2 * 2 * 2
     assert sorted(set(table["q_angle_deg"])) == [0.0, 45.0]
@@ -633,7 +636,7 @@ def test_unamortised_main_writes_the_same_files(tmp_path, monkeypatch) -> None:
     assert uniqueness.main(args) == 0
     names = {p.name for p in (tmp_path / "run").iterdir()}
     assert names == {"trials.csv", "summary.csv", "summary.md", "config.json",
-                     "angle_vs_elbo.png", "angle_vs_elbo.pdf"}
+                     "angle_vs_elbo.png", "angle_vs_elbo.pdf", MARKER}
     table = pd.read_csv(tmp_path / "run" / "trials.csv")
     assert tuple(table.columns) == uniqueness.TRIAL_COLUMNS and len(table) == 2 * 2 * 2
     assert "unamortised" in (tmp_path / "run" / "summary.md").read_text()

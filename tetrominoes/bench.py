@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rdbench.io import InputError, atomic_write_json
+from rdbench.io import InputError, atomic_write_json, check_bench_output
 from tetrominoes.factors import BINS, N_IMAGES, sample_factors
 
 QUICK_GRID = (8, 4, 5, 8, 8)  # 10,240 images
@@ -117,6 +117,7 @@ def run(quick: bool = False, workers: int | None = None) -> dict:
     workers = workers or default_workers()
     grid = QUICK_GRID if quick else None
     result = {
+        "bench": "data",  # marks the file as one a re-run may replace
         "device": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
         "python": platform.python_version(), "numpy": np.__version__, "quick": quick,
         "render": compare_renderers(256 if quick else 4096),
@@ -129,13 +130,10 @@ def run(quick: bool = False, workers: int | None = None) -> dict:
 def main(args: argparse.Namespace) -> int:
     if args.workers is not None and args.workers < 1:
         raise InputError(f"--workers must be at least 1, got {args.workers}")
-    if args.out is not None:
-        parent = Path(args.out).expanduser().resolve().parent
-        if not parent.is_dir() or not os.access(parent, os.W_OK):
-            raise InputError(f"cannot write {args.out}: {parent} is not a writable directory")
+    out = check_bench_output(args.out, args.force, "data")
     result = run(args.quick, args.workers)
     print(markdown(result))
-    if args.out:
-        atomic_write_json(args.out, result)
-        print(f"wrote {args.out}")
+    if out is not None:
+        atomic_write_json(out, result)
+        print(f"wrote {out}")
     return 0

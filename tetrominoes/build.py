@@ -180,13 +180,13 @@ def generate(out: str | os.PathLike, *, seed: int = 0, workers: int | None = Non
     coarser dataset over the same ranges that everything else reads unchanged.
     """
     workers = _check_args(seed, workers, _grid)
-    target = check_output_dir(out, force)
+    target = check_output_dir(out, force, kind="dataset")
     bins = tuple(BINS if _grid is None else _grid)
     factors = sample_factors(int(seed), bins)
     array = factors.loc[:, list(FACTOR_NAMES)].to_numpy(np.float64)
     pool = ProcessPoolExecutor(workers, mp_context=_context()) if workers > 1 else None
     try:
-        with staged_directory(target, force) as tmp:
+        with staged_directory(target, force, kind="dataset") as tmp:
             chunks = render_in_order(array, pool, 2 * workers)  # workers start now
             # factors and splits are written by a thread while the workers render
             with ThreadPoolExecutor(1) as side:
@@ -223,12 +223,3 @@ def _write_preview_and_manifest(tmp: Path, seed: int, bins: tuple[int, ...], spl
         if path.is_file() and rel not in files:
             files[rel] = sha256_file(path)
     atomic_write_json(tmp / "manifest.json", _manifest(seed, bins, n, splits, files))
-    _share_permissions(tmp)
-
-
-def _share_permissions(root: Path) -> None:
-    """Give the staged tree the modes of ordinary new files (temp files are owner-only)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    for path in [root, *root.rglob("*")]:
-        path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)

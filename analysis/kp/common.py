@@ -61,7 +61,7 @@ def _group(config: dict) -> tuple:
 def output_dir(args: argparse.Namespace) -> Path:
     """``--out`` (default RUNS_DIR/kp), validated up front: non-empty needs ``--force``."""
     out = Path(args.out) if args.out else Path(args.runs_dir) / "kp"
-    return check_output_dir(out, args.force)
+    return check_output_dir(out, args.force, kind="kp", inputs=[args.runs_dir])
 
 
 @functools.lru_cache(maxsize=4)

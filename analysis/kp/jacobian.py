@@ -128,7 +128,7 @@ def main(args: argparse.Namespace) -> int:
 
 def _write(out, force: bool, table: pd.DataFrame, matrices: dict) -> None:
     metrics = ["alignment", "leakage", "log_diag_error", "kl_gap"]
-    with staged_directory(out, force) as tmp:
+    with staged_directory(out, force, kind="kp") as tmp:
         atomic_write_text(tmp / "jacobian.csv", table.to_csv(index=False))
         atomic_write_text(tmp / "jacobian_summary.csv",
                           summarise(table, metrics).to_csv(index=False))

@@ -124,7 +124,7 @@ def main(args: argparse.Namespace) -> int:
         x = common.held_out_images(config, args.examples).to(device)
         rows.append(evaluate_run(model, config, x, args.samples))
     table = pd.DataFrame(rows)
-    with staged_directory(out, args.force) as tmp:
+    with staged_directory(out, args.force, kind="kp") as tmp:
         atomic_write_text(tmp / "objectives.csv", table.to_csv(index=False))
         atomic_write_text(tmp / "objectives_summary.csv", summarise(table).to_csv(index=False))
         plot_objectives(table, tmp / "objectives")

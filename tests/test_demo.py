@@ -1,0 +1,63 @@
+"""``rdbench demo``: its input checks and what ``--force`` removes (the pipeline is not run)."""
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from analysis import demo
+from rdbench.cli import main
+from rdbench.io import MARKER, InputError
+
+
+def _earlier_demo(out: Path) -> Path:
+    """The entries an earlier demo leaves in ``out``: runs of the demo grid, report, grid."""
+    (out / "runs" / "grids").mkdir(parents=True)
+    (out / "runs" / "grids" / "demo.json").write_text("{}")
+    (out / "runs" / "run1").mkdir()
+    (out / "runs" / "run1" / "config.json").write_text("{}")
+    (out / "runs" / "neighbours").mkdir()
+    (out / "report").mkdir()
+    (out / "report" / MARKER).write_text(json.dumps({"kind": "report"}))
+    demo._grid_file(out, out / "data")
+    (out / "notes.txt").write_text("the user's, kept")
+    return out
+
+
+def test_bad_device_fails_before_the_dataset_is_generated(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path / "new"), "--device", "tpu"]) == 2
+    err = capsys.readouterr().err
+    assert "invalid device 'tpu'" in err and err.count("\n") == 1
+    assert not (tmp_path / "new").exists()
+
+
+def test_force_removes_only_what_an_earlier_demo_wrote(tmp_path):
+    out = _earlier_demo(tmp_path)
+    assert (out / "demo.toml").read_text().startswith(demo.GRID_HEADER)
+    demo.check_previous_demo(out)
+    demo._clear_previous_demo(out)
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+
+
+def test_a_grid_file_from_before_the_header_is_still_the_demos(tmp_path):
+    (tmp_path / "demo.toml").write_text(demo.demo_grid_text(tmp_path / "data"))
+    demo.check_previous_demo(tmp_path)
+
+
+@pytest.mark.parametrize("earlier, entry, why", [
+    (False, "runs/results.csv", "runs (not an rdbench runs directory)"),
+    (True, "runs/grids/paper.json", "runs (holds runs of other grids than the demo's)"),
+    (True, "runs/thesis.tex", "runs (holds thesis.tex, which is not a run)"),
+    (False, "report/notes.txt", "report (not an rdbench report)"),
+    (False, "data/notes.txt", "data (not an rdbench dataset)"),
+    (False, "demo.toml", "demo.toml (not the demo's grid file)")])
+def test_force_refuses_entries_the_demo_did_not_write(tmp_path, capsys, earlier, entry, why):
+    out = _earlier_demo(tmp_path) if earlier else tmp_path
+    out.joinpath(entry).parent.mkdir(parents=True, exist_ok=True)
+    out.joinpath(entry).write_text("mine")
+    with pytest.raises(InputError, match=re.escape(why)):
+        demo.check_previous_demo(out)
+    assert main(["demo", "--out", str(out), "--force", "--device", "cpu"]) == 2
+    assert "not an earlier demo's directory" in capsys.readouterr().err
+    assert out.joinpath(entry).read_text() == "mine"
