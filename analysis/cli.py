@@ -51,6 +51,9 @@ def _register_evaluate(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=256, metavar="B",
                    help="images per chunk on the device (default 256)")
     p.add_argument("--device", default="auto", help=_DEVICE_HELP)
+    p.add_argument("--dataset", metavar="DIR",
+                   help="the dataset the runs trained on, if it has moved since (default: the "
+                        "path in each run's config.json; its content must be the same)")
     p.add_argument("--force", action="store_true",
                    help="re-evaluate runs that have metrics (and recompute neighbours)")
     p.set_defaults(handler=handler("analysis.evaluate:main"))

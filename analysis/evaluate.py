@@ -80,6 +80,9 @@ def main(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     runs_dir = Path(args.runs_dir)
     todo, skipped, unfinished = select_runs(runs_dir, force=args.force)
+    if getattr(args, "dataset", None):  # moved since training: the fingerprint still checks
+        moved = str(Path(args.dataset).expanduser().resolve())
+        todo = [(run_dir, dict(config, dataset=moved)) for run_dir, config in todo]
     datasets = _check_inputs(todo)
     from rdbench.device import resolve_device
 
@@ -94,7 +97,8 @@ def main(args: argparse.Namespace) -> int:
             atomic_write_json(run_dir / "metrics.json", m)
         done += len(members)
     print(f"evaluated {done} run(s) in {len(groups)} group(s); skipped {skipped} already "
-          f"evaluated, {unfinished} not finished")
+          f"evaluated, {unfinished['failed']} failed in training, {unfinished['other']} "
+          "not finished")
     return 0
 
 
@@ -119,17 +123,20 @@ def settings_from_args(args: argparse.Namespace) -> EvalSettings:
     return s
 
 
-def select_runs(runs_dir: Path, force: bool) -> tuple[list[tuple[Path, dict]], int, int]:
-    """(runs to evaluate with their configs, # skipped as evaluated, # not done)."""
+def select_runs(runs_dir: Path, force: bool
+                ) -> tuple[list[tuple[Path, dict]], int, dict[str, int]]:
+    """(runs to evaluate with their configs, # skipped as evaluated, # not done: failed
+    in training and other)."""
     from benchmark.runs import find_runs, read_config, read_status
 
     runs = find_runs(runs_dir)
     if not runs:
         raise InputError(f"no runs in {runs_dir} (directories with a config.json)")
-    todo, skipped, unfinished = [], 0, 0
+    todo, skipped, unfinished = [], 0, {"failed": 0, "other": 0}
     for run_dir in runs:
-        if read_status(run_dir)["status"] != "done":
-            unfinished += 1
+        status = read_status(run_dir)["status"]
+        if status != "done":
+            unfinished["failed" if status == "failed" else "other"] += 1
         elif (run_dir / "metrics.json").exists() and not force:
             skipped += 1
         else:

@@ -129,6 +129,28 @@ def test_bad_runs_dir_or_dataset_exit_2(read_metrics, tmp_path: Path, runs) -> N
     assert not read_metrics(runs_dir)
 
 
+def test_dataset_moved_since_training_is_given_with_dataset(read_metrics, tmp_path: Path,
+                                                            tiny_dataset, capsys) -> None:
+    """--dataset DIR stands in for the path in config.json; the content must be the same."""
+    moved = tmp_path / "moved"
+    shutil.copytree(tiny_dataset, tmp_path / "data")
+    runs_dir = tmp_path / "runs"
+    _make_run(runs_dir, tetrominoes.load(tmp_path / "data"), "random", "beta_vae", 1.0, 0)
+    _make_run(runs_dir, tetrominoes.load(tmp_path / "data"), "random", "beta_vae", 1.0, 1,
+              status="failed")
+    (tmp_path / "data").rename(moved)
+    assert rdbench(["evaluate", str(runs_dir), *FAST]) == 2
+    assert "no dataset directory at" in capsys.readouterr().err
+    assert rdbench(["evaluate", str(runs_dir), *FAST, "--dataset", str(moved)]) == 0
+    assert "1 failed in training, 0 not finished" in capsys.readouterr().out
+    assert len(read_metrics(runs_dir)) == 1
+    config = json.loads((runs_dir / "beta_vae-mlp1-random-1.0-0" / "config.json").read_text())
+    assert config["dataset"] == str(tmp_path / "data")  # the run's record is left as it was
+    with (moved / "factors.csv").open("a") as f:  # other content: refused
+        f.write("\n")
+    assert rdbench(["evaluate", str(runs_dir), *FAST, "--dataset", str(moved), "--force"]) == 2
+
+
 def test_posterior_hook_mean_field_and_registered(monkeypatch) -> None:
     torch.manual_seed(0)
     model = build_model("mlp1")
