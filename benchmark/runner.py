@@ -69,14 +69,16 @@ def plan(grid: GridConfig, runs: list[dict[str, Any]], runs_dir: Path) -> tuple[
     for ids in _resumed_together(groups, pending):
         members = [pending.pop(i) for i in ids]
         start = max(set.intersection(*(iterations[i] for i in ids)))
-        jobs += _jobs(grid, members, start, runs_dir, chunk=False)
-    fresh: dict[tuple, list[dict[str, Any]]] = {}
+        jobs += _jobs(grid, members, start, runs_dir)
+    # The rest by split, architecture, objective and latest checkpoint: 0 for fresh runs,
+    # and the iteration of checkpoints written before they named their job.
+    rest: dict[tuple, list[dict[str, Any]]] = {}
     for run in pending.values():
         key = (run["split"], run["architecture"], run["objective"],
-               tuple(sorted(run["objective_options"].items())))
-        fresh.setdefault(key, []).append(run)
-    for members in fresh.values():
-        jobs += _jobs(grid, members, 0, runs_dir, chunk=True)
+               tuple(sorted(run["objective_options"].items())), max(iterations[run["run_id"]]))
+        rest.setdefault(key, []).append(run)
+    for key, members in rest.items():
+        jobs += _jobs(grid, members, key[-1], runs_dir)
     return jobs, dict(skipped)
 
 
@@ -102,16 +104,18 @@ def _resumed_together(groups: dict[str, tuple[str, ...]], pending: dict[str, Any
     return list(components.values())
 
 
-def _jobs(grid: GridConfig, members: list[dict[str, Any]], start: int, runs_dir: Path,
-          chunk: bool) -> list[Job]:
-    """Jobs of runs sharing split, architecture and objective, all starting at ``start``."""
+def _jobs(grid: GridConfig, members: list[dict[str, Any]], start: int, runs_dir: Path
+          ) -> list[Job]:
+    """Jobs of at most ``max_group_size`` runs sharing split, architecture and objective, all
+    starting at ``start`` (a resumed group larger than a lowered ``max_group_size`` splits:
+    the user's choice, at the price of float-level differences)."""
     from benchmark.trainer import GroupSpec
 
     first = members[0]
     copies = _same_model_runs(first["objective"], members, runs_dir)
     members = [r for r in members if r["run_id"] in copies]
     jobs = []
-    for part in _chunks(members, grid.max_group_size if chunk else len(members)):
+    for part in _chunks(members, grid.max_group_size):
         spec = GroupSpec(
             architecture=first["architecture"], objective=first["objective"],
             objective_options=first["objective_options"],

@@ -359,3 +359,41 @@ def test_unreachable_dask_scheduler_is_one_line_before_anything_is_written(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"cannot reach the Dask scheduler at {address!r}" in err[0], err
     assert not out.exists()
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_checkpoints_from_before_they_named_their_job_still_resume(tiny_dataset, tmp_path,
+                                                                   monkeypatch):
+    """A checkpoint without ``group`` (written by earlier versions) resumes at its iteration."""
+    from benchmark import models, trainer
+
+    monkeypatch.setattr(models, "_HIDDEN", 32)
+    config = _write_grid(tmp_path / "g.toml", tiny_dataset, betas=[0.5, 2.0, 8.0], seeds=[0],
+                         iterations=16, checkpoint_every=4, log_every=2)
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    assert main(["train", str(config), "--out", str(straight)]) == 0
+    save, calls = runs_io.save_checkpoint, []
+
+    def dies_after_8(run_dir, state, history, group):
+        save(run_dir, state, history, group)
+        calls.append(run_dir)
+        if len(calls) == 6:  # every run has saved iteration 8
+            raise _Killed
+
+    monkeypatch.setattr(runs_io, "save_checkpoint", dies_after_8)
+    with pytest.raises(_Killed):
+        main(["train", str(config), "--out", str(killed)])
+    monkeypatch.setattr(runs_io, "save_checkpoint", save)
+    for path in killed.glob("*/checkpoint*.pt"):  # as written before the group field
+        payload = torch.load(path, weights_only=True)
+        del payload["group"]
+        torch.save(payload, path)
+    starts, train_group = [], trainer.train_group
+    monkeypatch.setattr(trainer, "train_group", lambda spec, images, *, states=None, **kw: (
+        starts.append([s.iteration for s in states or []]) or
+        train_group(spec, images, states=states, **kw)))
+    assert main(["train", str(config), "--out", str(killed)]) == 0
+    assert starts == [[8, 8, 8]]
+    for run_dir in runs_io.find_runs(straight):
+        a, b = _params(run_dir), _params(killed / run_dir.name)
+        assert all(torch.equal(a[k], b[k]) for k in a), run_dir.name

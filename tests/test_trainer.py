@@ -217,17 +217,21 @@ def test_cnn_vmap_path_equals_runs_trained_alone(images, monkeypatch):
 
 
 
-def test_minibatches_are_uniform_subsets_of_distinct_examples():
-    """Known answer: each of the C(5, 3) = 10 subsets of range(5) has probability 1/10."""
+@pytest.mark.parametrize("n", [8, 5])  # redraws (B ≤ n/2), a random permutation (B > n/2)
+def test_minibatches_are_uniform_subsets_of_distinct_examples(n):
+    """Known answer: each of the C(n, 3) subsets of range(n) has probability 1/C(n, 3)."""
     from itertools import combinations
 
+    subsets = list(combinations(range(n), 3))
+    expected = 1000
     g = torch.Generator().manual_seed(0)
-    rows = trainer.distinct_rows(torch.randint(5, (20_000, 3), generator=g), 5, g)
-    counts = {s: 0 for s in combinations(range(5), 3)}
+    rows = trainer.distinct_rows(torch.randint(n, (expected * len(subsets), 3), generator=g),
+                                 n, g)
+    counts = dict.fromkeys(subsets, 0)
     for row in rows.tolist():
         counts[tuple(sorted(row))] += 1  # KeyError on a repeat
-    # binomial(20000, 1/10): sd 42; 6 sd (a fixed seed, so this is not a flaky test)
-    assert all(abs(c - 2000) < 6 * 42 for c in counts.values()), counts
+    # binomial(1000·C, 1/C): sd < 32; 6 sd (a fixed seed, so this is not a flaky test)
+    assert all(abs(c - expected) < 6 * 32 for c in counts.values()), counts
     with pytest.raises(ValueError, match="cannot draw 6 distinct examples from 5"):
         trainer.distinct_rows(torch.zeros(1, 6, dtype=torch.int64), 5, g)
 
