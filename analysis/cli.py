@@ -85,7 +85,7 @@ def _register_kp(commands: argparse._SubParsersAction) -> None:
                        ("jacobian", "posterior precision vs I + JᵀHJ/β")]:
         q = kp.add_parser(name, help=text)
         q.add_argument("runs_dir", metavar="RUNS_DIR")
-        q.add_argument("--out", default=None, help="output directory (default RUNS_DIR/kp)")
+        q.add_argument("--out", default=None, help=f"output directory (default RUNS_DIR/kp/{name})")
         q.add_argument("--device", default="auto", help=_DEVICE_HELP)
         q.add_argument("--force", action="store_true", help=_KP_FORCE_HELP)
         q.add_argument("--examples", type=int, default=256, metavar="N",

@@ -146,10 +146,10 @@ def _has_any(*checks: Callable[[Path], bool]) -> Callable[[Path], bool]:
 _SIGNATURES: dict[str, Callable[[Path], bool]] = {
     "dataset": _is_dataset,
     "report": _has_all("index.html", "report.md", "summary.csv"),
-    "kp": _has_any(_has_all("objectives.csv", "objectives_summary.csv"),
-                   _has_all("jacobian.csv", "jacobian_summary.csv"),
-                   _has_all("trials.csv", "summary.md", "config.json"),
-                   _has_all("orientations.csv", "orientations.md", "config.json")),
+    "kp-objectives": _has_all("objectives.csv", "objectives_summary.csv"),
+    "kp-jacobian": _has_all("jacobian.csv", "jacobian_summary.csv"),
+    "kp-uniqueness": _has_any(_has_all("trials.csv", "summary.md", "config.json"),
+                              _has_all("orientations.csv", "orientations.md", "config.json")),
 }
 
 
@@ -160,6 +160,21 @@ def output_kind(path: str | os.PathLike) -> str | None:
         marker = _json_or_none(path / MARKER)
         return marker.get("kind") if isinstance(marker, dict) else None
     return next((kind for kind, matches in _SIGNATURES.items() if matches(path)), None)
+
+
+def _foreign_entries(path: Path) -> list[str]:
+    """Top-level entries of an rdbench output directory that its writer did not put there
+    (by the marker's list; for a dataset written before it, by the manifest's files)."""
+    marker = _json_or_none(path / MARKER)
+    if isinstance(marker, dict) and isinstance(marker.get("entries"), list):
+        ours = set(marker["entries"])
+    elif _is_dataset(path):
+        manifest = _json_or_none(path / "manifest.json") or {}
+        ours = {Path(f).parts[0] for f in manifest.get("files", {})}
+        ours |= {"manifest.json", "preview.png"}
+    else:  # other outputs from before the marker: recognised by their files, not listed
+        return []
+    return sorted(p.name for p in path.iterdir() if p.name not in ours | {MARKER})
 
 
 def _check_not_input(path: Path, inputs: Iterable[str | os.PathLike]) -> None:
@@ -193,6 +208,11 @@ def check_output_dir(path: str | os.PathLike, force: bool, kind: str | None = No
             what = f"an rdbench {found} directory" if found else "not written by rdbench"
             raise InputError(f"output directory is not empty: {path} ({what}; --force replaces "
                              f"only an earlier rdbench {kind} directory: choose another --out)")
+        extra = _foreign_entries(path) if kind is not None else []
+        if extra:
+            raise InputError(f"output directory {path} holds {extra[0]!r}, which rdbench did "
+                             "not write there; --force replaces only what rdbench wrote: "
+                             "move it or choose another --out")
         if not force:
             raise InputError(f"output directory is not empty: {path} (use --force to replace it)")
     _check_writable_ancestor(path if path.exists() else path.parent)
@@ -223,7 +243,8 @@ def staged_directory(target: str | os.PathLike, force: bool = False,
     tmp = _make_staging_dir(target)
     try:
         yield tmp
-        atomic_write_json(tmp / MARKER, {"kind": kind})
+        entries = sorted(p.name for p in tmp.iterdir())
+        atomic_write_json(tmp / MARKER, {"kind": kind, "entries": entries})
         check_output_dir(target, force, kind)  # again: the work may have taken hours
         commit_directory(tmp, target)
     except BaseException:
@@ -246,8 +267,8 @@ def _make_staging_dir(target: Path) -> Path:
 def commit_directory(tmp: Path, target: Path) -> None:
     """Rename a finished temporary directory onto ``target`` (replacing an old one last)."""
     old = None
-    if target.exists():
-        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+    if target.exists():  # a fresh name: a leftover of a killed commit must not collide
+        old = target.with_name(f".{target.name}.old-{secrets.token_hex(6)}")
         os.replace(target, old)
     os.replace(tmp, target)
     _fsync_dir(target.parent)

@@ -155,3 +155,24 @@ def test_bench_output_paths_that_cannot_be_a_file(tmp_path):
         check_bench_output(tmp_path / "file" / "x.json", True, "eval")
     new = tmp_path / "a" / "b" / "x.json"
     assert check_bench_output(new, False, "eval") == new and new.parent.is_dir()
+
+
+def test_force_refuses_an_output_that_now_holds_files_rdbench_did_not_write(tmp_path):
+    """The marker lists what rdbench wrote; anything added since is the user's."""
+    out = tmp_path / "out"
+    _staged(out, "report")
+    assert json.loads((out / MARKER).read_text())["entries"] == ["sub"]
+    (out / "runs").mkdir()
+    (out / "runs" / "precious.txt").write_text("mine")
+    with pytest.raises(InputError, match="holds 'runs', which rdbench did not write"):
+        _staged(out, "report", force=True)
+    assert (out / "runs" / "precious.txt").read_text() == "mine"
+    dataset = tmp_path / "dataset"  # written before the marker: the manifest lists its files
+    (dataset / "splits").mkdir(parents=True)
+    (dataset / "manifest.json").write_text(json.dumps(
+        {"generator": "rdbench tetrominoes", "files": {"images.npy": "0", "splits/a.npz": "0"}}))
+    (dataset / "notes.md").write_text("mine")
+    with pytest.raises(InputError, match="holds 'notes.md'"):
+        check_output_dir(dataset, force=True, kind="dataset")
+    (dataset / "notes.md").unlink()
+    assert check_output_dir(dataset, force=True, kind="dataset") == dataset.resolve()

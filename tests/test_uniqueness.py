@@ -481,7 +481,7 @@ def test_orientation_main_validates_then_writes_its_files(tmp_path, monkeypatch)
     names = {p.name for p in (tmp_path / "run").iterdir()}
     assert names == {"orientations.csv", "orientations.md", "config.json",
                      "angle_vs_orientation.png", "angle_vs_orientation.pdf", MARKER}
-    assert output_kind(tmp_path / "run") == "kp"
+    assert output_kind(tmp_path / "run") == "kp-uniqueness"
     table = pd.read_csv(tmp_path / "run" / "orientations.csv")
     assert tuple(table.columns) == ORIENTATION_COLUMNS and len(table) == 2 * 2 * 2
     assert sorted(set(table["q_angle_deg"])) == [0.0, 45.0]

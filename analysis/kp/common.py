@@ -58,10 +58,11 @@ def _group(config: dict) -> tuple:
     return config["split"], config["architecture"], block_size(config)
 
 
-def output_dir(args: argparse.Namespace) -> Path:
-    """``--out`` (default RUNS_DIR/kp), validated up front: non-empty needs ``--force``."""
-    out = Path(args.out) if args.out else Path(args.runs_dir) / "kp"
-    return check_output_dir(out, args.force, kind="kp", inputs=[args.runs_dir])
+def output_dir(args: argparse.Namespace, analysis: str) -> Path:
+    """``--out`` (default RUNS_DIR/kp/ANALYSIS), validated up front: non-empty needs
+    ``--force``, which replaces only an earlier output of the same analysis."""
+    out = Path(args.out) if args.out else Path(args.runs_dir) / "kp" / analysis
+    return check_output_dir(out, args.force, kind=f"kp-{analysis}", inputs=[args.runs_dir])
 
 
 @functools.lru_cache(maxsize=4)

@@ -105,7 +105,7 @@ def summarise(table: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
 
 
 def main(args: argparse.Namespace) -> int:
-    out = common.output_dir(args)
+    out = common.output_dir(args, "jacobian")
     if args.examples < 1:
         raise InputError(f"--examples must be >= 1, got {args.examples}")
     runs = common.finished_vae_runs(args.runs_dir)
@@ -128,7 +128,7 @@ def main(args: argparse.Namespace) -> int:
 
 def _write(out, force: bool, table: pd.DataFrame, matrices: dict) -> None:
     metrics = ["alignment", "leakage", "log_diag_error", "kl_gap"]
-    with staged_directory(out, force, kind="kp") as tmp:
+    with staged_directory(out, force, kind="kp-jacobian") as tmp:
         atomic_write_text(tmp / "jacobian.csv", table.to_csv(index=False))
         atomic_write_text(tmp / "jacobian_summary.csv",
                           summarise(table, metrics).to_csv(index=False))

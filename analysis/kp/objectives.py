@@ -112,7 +112,7 @@ def summarise(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def main(args: argparse.Namespace) -> int:
-    out = common.output_dir(args)
+    out = common.output_dir(args, "objectives")
     if args.examples < 1 or args.samples < 1:
         raise InputError("--examples and --samples must be >= 1")
     runs = common.finished_vae_runs(args.runs_dir)
@@ -124,7 +124,7 @@ def main(args: argparse.Namespace) -> int:
         x = common.held_out_images(config, args.examples).to(device)
         rows.append(evaluate_run(model, config, x, args.samples))
     table = pd.DataFrame(rows)
-    with staged_directory(out, args.force, kind="kp") as tmp:
+    with staged_directory(out, args.force, kind="kp-objectives") as tmp:
         atomic_write_text(tmp / "objectives.csv", table.to_csv(index=False))
         atomic_write_text(tmp / "objectives_summary.csv", summarise(table).to_csv(index=False))
         plot_objectives(table, tmp / "objectives")

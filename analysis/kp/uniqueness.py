@@ -108,7 +108,7 @@ def main(args: argparse.Namespace) -> int:
     if unamortised and getattr(args, "orientations", None) is not None:
         raise InputError("--unamortised and --orientations are mutually exclusive "
                          "(the orientation sweep trains the amortised encoder)")
-    check_output_dir(args.out, args.force, kind="kp")
+    check_output_dir(args.out, args.force, kind="kp-uniqueness")
     config = make_config(args.quick, getattr(args, "seed", 0))
     names = getattr(args, "nonlinearities", None)
     if names:  # UniquenessConfig rejects unknown names
@@ -128,7 +128,7 @@ def main(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - started
     summary = summarise(trials)
     inference = "unamortised" if unamortised else "amortised"
-    with staged_directory(args.out, force=args.force, kind="kp") as tmp:
+    with staged_directory(args.out, force=args.force, kind="kp-uniqueness") as tmp:
         atomic_write_text(tmp / "trials.csv", trials.to_csv(index=False, float_format="%.6g"))
         atomic_write_text(tmp / "summary.csv", summary.to_csv(index=False, float_format="%.4g"))
         atomic_write_text(tmp / "summary.md", summary_markdown(summary, config, seconds, device,
@@ -152,7 +152,7 @@ def _main_orientations(args: argparse.Namespace, config: UniquenessConfig,
     table = orientation_sweep(config, angles, device, progress=True)
     seconds = time.perf_counter() - started
     markdown = orientation_markdown(table, config, seconds, device)
-    with staged_directory(args.out, force=args.force, kind="kp") as tmp:
+    with staged_directory(args.out, force=args.force, kind="kp-uniqueness") as tmp:
         atomic_write_text(tmp / "orientations.csv", table.to_csv(index=False,
                                                                  float_format="%.6g"))
         atomic_write_text(tmp / "orientations.md", markdown)
