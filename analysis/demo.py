@@ -12,7 +12,13 @@ import time
 from importlib import resources
 from pathlib import Path
 
-from rdbench.io import InputError, atomic_write_text, check_output_dir, output_kind
+from rdbench.io import (
+    InputError,
+    atomic_write_text,
+    check_output_dir,
+    foreign_entries,
+    output_kind,
+)
 
 # Estimator settings sized for a 2-core CPU; `rdbench evaluate` defaults are the paper's.
 EVALUATE_ARGS = ["--iwae-samples", "100", "--iwae-subset", "300", "--nn-subset", "2000",
@@ -99,7 +105,10 @@ def _not_of_kind(path: Path, kind: str) -> str | None:
     if not path.exists() or (path.is_dir() and not any(path.iterdir())):
         return None
     found = output_kind(path) if path.is_dir() else None
-    return None if found == kind else f"not an rdbench {kind}"
+    if found != kind:
+        return f"not an rdbench {kind}"
+    extra = foreign_entries(path)
+    return f"holds {extra[0]}, which rdbench did not write" if extra else None
 
 
 def _not_demo_runs(runs: Path) -> str | None:
@@ -109,11 +118,26 @@ def _not_demo_runs(runs: Path) -> str | None:
     grids = runs / "grids"  # benchmark.train's marker: RUNS_DIR/grids/<name>.json
     if not runs.is_dir() or not grids.is_dir():
         return "not an rdbench runs directory"
-    if {p.name for p in grids.iterdir()} - {f"{_demo_grid_name()}.json"}:
+    if {p.name for p in grids.iterdir() if not _leftover(p)} - {f"{_demo_grid_name()}.json"}:
         return "holds runs of other grids than the demo's"
     foreign = [p.name for p in runs.iterdir() if p.name not in ("grids", "neighbours")
-               and not (p / "config.json").is_file()]
+               and not (p / "config.json").is_file() and not _leftover(p)
+               and not _rdbench_outputs(p)]
     return f"holds {foreign[0]}, which is not a run" if foreign else None
+
+
+def _leftover(path: Path) -> bool:
+    """A temporary file of a killed atomic write, or a run directory killed before its
+    config.json was written: rdbench's own debris."""
+    return path.name.startswith(".") or (path.is_dir() and not any(path.iterdir()))
+
+
+def _rdbench_outputs(path: Path) -> bool:
+    """An rdbench output written into the runs (``report``, ``kp/<analysis>``)."""
+    if not path.is_dir():
+        return False
+    return output_kind(path) is not None or (
+        path.name == "kp" and all(output_kind(p) is not None for p in path.iterdir()))
 
 
 def _not_demo_grid(path: Path, data_dir: Path) -> str | None:

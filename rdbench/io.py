@@ -162,7 +162,7 @@ def output_kind(path: str | os.PathLike) -> str | None:
     return next((kind for kind, matches in _SIGNATURES.items() if matches(path)), None)
 
 
-def _foreign_entries(path: Path) -> list[str]:
+def foreign_entries(path: Path) -> list[str]:
     """Top-level entries of an rdbench output directory that its writer did not put there
     (by the marker's list; for a dataset written before it, by the manifest's files)."""
     marker = _json_or_none(path / MARKER)
@@ -208,7 +208,7 @@ def check_output_dir(path: str | os.PathLike, force: bool, kind: str | None = No
             what = f"an rdbench {found} directory" if found else "not written by rdbench"
             raise InputError(f"output directory is not empty: {path} ({what}; --force replaces "
                              f"only an earlier rdbench {kind} directory: choose another --out)")
-        extra = _foreign_entries(path) if kind is not None else []
+        extra = foreign_entries(path) if kind is not None else []
         if extra:
             raise InputError(f"output directory {path} holds {extra[0]!r}, which rdbench did "
                              "not write there; --force replaces only what rdbench wrote: "

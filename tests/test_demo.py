@@ -61,3 +61,15 @@ def test_force_refuses_entries_the_demo_did_not_write(tmp_path, capsys, earlier,
     assert main(["demo", "--out", str(out), "--force", "--device", "cpu"]) == 2
     assert "not an earlier demo's directory" in capsys.readouterr().err
     assert out.joinpath(entry).read_text() == "mine"
+
+
+def test_rdbench_debris_and_outputs_in_the_runs_do_not_block_a_rerun(tmp_path):
+    """After `rdbench report results/demo/runs` (default RUNS/report), a kp analysis, or a
+    kill that left a temporary file or an empty run directory, `make demo` still re-runs."""
+    out = _earlier_demo(tmp_path)
+    for sub in ("report", "kp/objectives"):
+        (out / "runs" / sub).mkdir(parents=True)
+        (out / "runs" / sub / MARKER).write_text(json.dumps({"kind": "report"}))
+    (out / "runs" / "grids" / ".demo.json.1a2b.tmp").write_text("{")
+    (out / "runs" / "0123abcd").mkdir()
+    demo.check_previous_demo(out)
