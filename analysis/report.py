@@ -30,7 +30,13 @@ from analysis.tables import (
     to_latex,
     to_markdown,
 )
-from rdbench.io import InputError, atomic_write_text, check_output_dir, staged_directory
+from rdbench.io import (
+    InputError,
+    atomic_write,
+    atomic_write_text,
+    check_output_dir,
+    staged_directory,
+)
 
 TITLE = "rdbench report"
 
@@ -138,7 +144,44 @@ def _figure_blocks(runs: pd.DataFrame, summary: pd.DataFrame, runs_dir: Path,
         blocks.append(_draw(f"mi_kl_{split}_{arch}", _MIKL, mi_kl, out))
     blocks += [Heading("Split difficulty"),
                _draw("nn_distances", _NN, lambda s: figures.plot_nn_distances(neighbours, s), out)]
+    blocks += _kp_blocks(runs_dir, out)
     return blocks + _dataset_blocks(data, data_note, sorted(summary["split"].unique()), out)
+
+
+# (analysis, figure stem, caption): the figures `rdbench kp` writes into RUNS_DIR/kp/<analysis>
+_KP_FIGURES = (
+    ("objectives", "objectives", "β-VAE objective (Monte Carlo), its Taylor approximation "
+     "(eq. 7) and GRAE (eq. 12) on held-out images against β, and their differences to the "
+     "β-VAE objective (Kumar & Poole Fig. 3); from `rdbench kp objectives`."),
+    ("jacobian", "jacobian_heatmaps", "Encoder precision Σ⁻¹ beside I + JᵀHJ/β, both in "
+     "correlation form, for a few β and block sizes (Kumar & Poole Fig. 2); from "
+     "`rdbench kp jacobian`."),
+    ("jacobian", "jacobian_alignment", "Alignment of Σ⁻¹ with I + JᵀHJ/β, off-block leakage "
+     "and the KL gap against β; from `rdbench kp jacobian`."),
+)
+
+
+def _kp_blocks(runs_dir: Path, out: Path) -> list[Block]:
+    """The `rdbench kp` figures found under RUNS_DIR/kp, copied in (plotting reads, never
+    recomputes); a note naming the command for each one not made yet."""
+    blocks: list[Block] = [Heading("Implicit regularisation (Kumar & Poole 2020)")]
+    for analysis, stem, caption in _KP_FIGURES:
+        source = runs_dir / "kp" / analysis
+
+        def copy(target: Path, source: Path = source, stem: str = stem,
+                 analysis: str = analysis) -> FigureResult:
+            found = [source / f"{stem}{ext}" for ext in (".png", ".pdf")]
+            if not found[0].is_file():
+                return Skipped(f"not made yet: run `rdbench kp {analysis} RUNS_DIR`")
+            copied = []
+            for path in (f for f in found if f.is_file()):
+                atomic_write(target.with_suffix(path.suffix), lambda f, p=path: f.write(
+                    p.read_bytes()))
+                copied.append(target.with_suffix(path.suffix))
+            return copied
+
+        blocks.append(_draw(f"kp_{stem}", caption, copy, out))
+    return blocks
 
 
 def _comparison_blocks(summary: pd.DataFrame, out: Path) -> list[Block]:

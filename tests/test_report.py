@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from PIL import Image
 
 from analysis import figures, figures_rd, report, tables
 from analysis.plot_style import Skipped
@@ -163,6 +164,10 @@ def _fake_tetrominoes_figures() -> types.SimpleNamespace:
 def built(runs_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The report of the fake runs, with a fake dataset, model loader and dataset figures."""
     data = types.SimpleNamespace(images=_fake_images(), split_names=("random", "cv-16384"))
+    kp = runs_dir / "kp" / "objectives"  # as `rdbench kp objectives` leaves it; no jacobian
+    kp.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (4, 3), (200, 10, 10)).save(kp / "objectives.png")
+    (kp / "objectives.pdf").write_bytes(b"%PDF-1.4 kp objectives")
     out = tmp_path_factory.mktemp("built") / "report"
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(report, "_load_dataset", lambda path: data)
@@ -177,8 +182,18 @@ EXPECTED_FIGURES = [
     "rd_cv82_cv16_checkerboard", "rd_mlp_vs_cnn", "rd_objectives", "mi_kl_cv-16384_mlp1",
     "mi_kl_cv-16384_cnn1", "mi_kl_cv-81920_mlp1", "reconstructions_cv-16384_mlp1",
     "reconstructions_cv-16384_cnn1", "reconstructions_cv-81920_mlp1", "nn_distances",
-    "dataset_samples", "splits_paper", "split_cv-16384", "split_cv-81920",
+    "dataset_samples", "splits_paper", "split_cv-16384", "split_cv-81920", "kp_objectives",
 ]
+
+
+def test_report_takes_in_the_kp_figures_that_exist_and_names_the_missing(built: Path,
+                                                                        runs_dir: Path) -> None:
+    copied = built / "figures" / "kp_objectives.pdf"
+    assert copied.read_bytes() == (runs_dir / "kp" / "objectives" / "objectives.pdf").read_bytes()
+    page = (built / "report.md").read_text()
+    assert "Implicit regularisation (Kumar & Poole 2020)" in page
+    assert page.count("not made yet: run `rdbench kp jacobian RUNS_DIR`") == 2
+    assert not (built / "figures" / "kp_jacobian_heatmaps.png").exists()
 
 
 # ---------------------------------------------------------------- tables
