@@ -165,7 +165,7 @@ def run_job(job: Job, device: str, progress: bool = True, threads: int | None = 
 
     if threads:
         torch.set_num_threads(threads)
-    data = tetrominoes.load(job.dataset)
+    data = tetrominoes.load_verified(job.dataset)  # a worker may see another copy (Dask)
     images = np.ascontiguousarray(data.images[data.split(job.split).train])  # (N, 32, 32, 3)
     outputs = job.outputs()  # per trained run: its directory, then those of its copies
     for d in itertools.chain.from_iterable(outputs):

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +26,19 @@ def main(args: argparse.Namespace) -> int:
     runs_dir = _runs_dir(args, grid)
     dataset = _load_dataset(grid.dataset)
     runs = expand(grid, dataset)
-    jobs, skipped = plan(grid, runs, runs_dir)
     if args.dry_run:
+        jobs, skipped = plan(grid, runs, runs_dir)
         _print_plan(grid, runs, jobs, skipped, devices)
         return 0
     client = connect(args.scheduler) if args.backend == "dask" else None
-    runs_dir.mkdir(parents=True, exist_ok=True)
+    (runs_dir / _MARKER).mkdir(parents=True, exist_ok=True)
+    with _exclusive(runs_dir / _MARKER / ".lock"):
+        jobs, skipped = plan(grid, runs, runs_dir)
+        return _train(args, grid, runs, jobs, skipped, runs_dir, devices, workers, client)
+
+
+def _train(args: argparse.Namespace, grid: GridConfig, runs: list[dict], jobs: list[Job],
+           skipped: dict, runs_dir: Path, devices: list[str], workers: int, client: Any) -> int:
     atomic_write_json(runs_dir / _MARKER / f"{grid.name}.json", vars_of(grid))
     for run in runs:
         runs_io.create_run(runs_dir, run)
@@ -41,6 +50,24 @@ def main(args: argparse.Namespace) -> int:
         if client is not None:
             client.close()
     return _summarise(results, skipped, runs_dir)
+
+
+@contextlib.contextmanager
+def _exclusive(lock: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the runs directory: two ``rdbench train`` writing the same
+    runs would rewind each other's checkpoints. Released by the OS if the process dies."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock
+        yield
+        return
+    with lock.open("a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise InputError(f"another `rdbench train` is writing to {lock.parent.parent}; "
+                             "wait for it (or stop it) and run again") from None
+        yield
 
 
 def _runs_dir(args: argparse.Namespace, grid: GridConfig) -> Path:

@@ -397,3 +397,21 @@ def test_checkpoints_from_before_they_named_their_job_still_resume(tiny_dataset,
     for run_dir in runs_io.find_runs(straight):
         a, b = _params(run_dir), _params(killed / run_dir.name)
         assert all(torch.equal(a[k], b[k]) for k in a), run_dir.name
+
+
+def test_a_second_train_into_the_same_runs_is_refused_while_the_first_runs(
+        tiny_dataset, tmp_path, capsys):
+    """Two writers would rewind each other's checkpoints: the second gets one line, exit 2."""
+    import fcntl
+
+    config = _write_grid(tmp_path / "g.toml", tiny_dataset, iterations=2, log_every=1,
+                         checkpoint_every=2)
+    out = tmp_path / "runs"
+    (out / "grids").mkdir(parents=True)
+    with (out / "grids" / ".lock").open("a") as held:  # as the first `rdbench train` holds it
+        fcntl.flock(held, fcntl.LOCK_EX)
+        assert main(["train", str(config), "--out", str(out)]) == 2
+        assert "another `rdbench train` is writing to" in capsys.readouterr().err
+        assert not runs_io.find_runs(out)
+        fcntl.flock(held, fcntl.LOCK_UN)
+    assert main(["train", str(config), "--out", str(out)]) == 0
