@@ -61,12 +61,16 @@ def write_status(run_dir: Path, status: str, iteration: int, reason: str | None 
 
 
 def create_run(runs_dir: Path, config: dict[str, Any]) -> Path:
-    """Make a run's directory with its ``config.json`` (kept if it already exists)."""
+    """Make a run's directory with its ``config.json`` (kept if it already exists); a
+    finished run loses checkpoints a kill inside ``finish_run`` left behind."""
     run_dir = Path(runs_dir) / config["run_id"]
     run_dir.mkdir(parents=True, exist_ok=True)
     if not (run_dir / "config.json").exists():
         atomic_write_json(run_dir / "config.json", config)
         write_status(run_dir, "pending", 0)
+    elif read_status(run_dir)["status"] in ("done", "failed"):
+        for name in CHECKPOINTS:
+            (run_dir / name).unlink(missing_ok=True)
     return run_dir
 
 

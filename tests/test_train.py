@@ -415,3 +415,18 @@ def test_a_second_train_into_the_same_runs_is_refused_while_the_first_runs(
         assert not runs_io.find_runs(out)
         fcntl.flock(held, fcntl.LOCK_UN)
     assert main(["train", str(config), "--out", str(out)]) == 0
+
+
+def test_rerun_tidies_checkpoints_a_kill_in_finish_left_in_a_finished_run(tiny_dataset,
+                                                                          tmp_path):
+    config = _write_grid(tmp_path / "g.toml", tiny_dataset, iterations=2, log_every=1,
+                         checkpoint_every=2, betas=[1.0], seeds=[0])
+    out = tmp_path / "runs"
+    assert main(["train", str(config), "--out", str(out)]) == 0
+    (run_dir,) = runs_io.find_runs(out)
+    model = (run_dir / "model.pt").read_bytes()
+    for name in runs_io.CHECKPOINTS:  # killed after the status, before the unlinks
+        (run_dir / name).write_bytes(model)
+    assert main(["train", str(config), "--out", str(out)]) == 0
+    assert not list(run_dir.glob("checkpoint*.pt"))
+    assert (run_dir / "model.pt").read_bytes() == model  # not retrained
