@@ -16,10 +16,18 @@ from rdbench.io import InputError
 _PACKAGES = ("tetrominoes", "benchmark", "analysis")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors on one line (no usage block), exit status 2 as usual; the
+    subcommands' parsers are of this class too (``add_subparsers`` uses the parent's)."""
+
+    def error(self, message: str):  # noqa: ANN201 (argparse's signature: NoReturn)
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser(packages: Sequence[str] = _PACKAGES) -> argparse.ArgumentParser:
     import importlib
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="rdbench",
         description="Rate-distortion benchmarking for variational autoencoders.",
     )

@@ -176,3 +176,15 @@ def test_force_refuses_an_output_that_now_holds_files_rdbench_did_not_write(tmp_
         check_output_dir(dataset, force=True, kind="dataset")
     (dataset / "notes.md").unlink()
     assert check_output_dir(dataset, force=True, kind="dataset") == dataset.resolve()
+
+
+@pytest.mark.parametrize("argv", [["train"], ["evaluate", "runs", "--iwae-samples", "abc"],
+                                  ["nosuch"]])
+def test_command_line_mistakes_are_one_line_and_exit_2(argv, capsys):
+    from rdbench.cli import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "error:" in err and "--help" in err, err
