@@ -54,11 +54,13 @@ def plan(grid: GridConfig, runs: list[dict[str, Any]], runs_dir: Path) -> tuple[
     iterations: dict[str, set[int]] = {}
     groups: dict[str, tuple[str, ...]] = {}
     skipped: Counter = Counter()
+    finished: set[str] = set()
     for run in runs:
         run_dir = Path(runs_dir) / run["run_id"]
         status = runs_io.read_status(run_dir)["status"] if run_dir.exists() else "pending"
         if status in ("done", "failed"):
             skipped[status] += 1
+            finished.add(run["run_id"])
             continue
         found, groups[run["run_id"]] = (runs_io.checkpoints(run_dir) if run_dir.exists()
                                         else ({0: None}, ()))
@@ -67,6 +69,7 @@ def plan(grid: GridConfig, runs: list[dict[str, Any]], runs_dir: Path) -> tuple[
             run["objective_options"], dataset_size=run["n_train"]))
     jobs = []
     for ids in _resumed_together(groups, pending):
+        _warn_if_regrouped(ids, groups, finished)
         members = [pending.pop(i) for i in ids]
         start = max(set.intersection(*(iterations[i] for i in ids)))
         jobs += _jobs(grid, members, start, runs_dir)
@@ -80,6 +83,19 @@ def plan(grid: GridConfig, runs: list[dict[str, Any]], runs_dir: Path) -> tuple[
     for key, members in rest.items():
         jobs += _jobs(grid, members, key[-1], runs_dir)
     return jobs, dict(skipped)
+
+
+def _warn_if_regrouped(ids: list[str], groups: dict[str, tuple[str, ...]],
+                       finished: set[str]) -> None:
+    """Say so when runs resume without some of the runs they trained with (dropped from the
+    grid since): they go on, in a smaller group, and differ from an uninterrupted grid by
+    float rounding."""
+    missing = set().union(*(groups[i] for i in ids)) - set(ids) - finished
+    if missing:
+        print(f"rdbench train: note: {len(ids)} run(s) resume without {len(missing)} run(s) "
+              f"they trained with (no longer in the grid, e.g. {sorted(missing)[0]}); their "
+              "weights will differ from an uninterrupted grid's by float rounding",
+              file=sys.stderr)
 
 
 def _resumed_together(groups: dict[str, tuple[str, ...]], pending: dict[str, Any]

@@ -430,3 +430,30 @@ def test_rerun_tidies_checkpoints_a_kill_in_finish_left_in_a_finished_run(tiny_d
     assert main(["train", str(config), "--out", str(out)]) == 0
     assert not list(run_dir.glob("checkpoint*.pt"))
     assert (run_dir / "model.pt").read_bytes() == model  # not retrained
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_resuming_without_runs_dropped_from_the_grid_says_so(tiny_dataset, tmp_path,
+                                                             monkeypatch, capsys):
+    from benchmark import models
+
+    monkeypatch.setattr(models, "_HIDDEN", 32)
+    config = _write_grid(tmp_path / "g.toml", tiny_dataset, betas=[0.5, 2.0], seeds=[0],
+                         iterations=8, checkpoint_every=4, log_every=2)
+    out, save, calls = tmp_path / "runs", runs_io.save_checkpoint, []
+
+    def dies_after_4(run_dir, state, history, group):
+        save(run_dir, state, history, group)
+        calls.append(run_dir)
+        if len(calls) == 2:  # both runs saved iteration 4
+            raise _Killed
+
+    monkeypatch.setattr(runs_io, "save_checkpoint", dies_after_4)
+    with pytest.raises(_Killed):
+        main(["train", str(config), "--out", str(out)])
+    monkeypatch.setattr(runs_io, "save_checkpoint", save)
+    capsys.readouterr()
+    fewer = _write_grid(tmp_path / "g.toml", tiny_dataset, betas=[0.5], seeds=[0],
+                        iterations=8, checkpoint_every=4, log_every=2)
+    assert main(["train", str(fewer), "--out", str(out)]) == 0
+    assert "1 run(s) resume without 1 run(s) they trained with" in capsys.readouterr().err
