@@ -7,6 +7,8 @@ the dataset is generated inside the output directory (or reused when a valid one
 from __future__ import annotations
 
 import argparse
+import json
+import re
 import sys
 import time
 from importlib import resources
@@ -121,23 +123,45 @@ def _not_demo_runs(runs: Path) -> str | None:
     if {p.name for p in grids.iterdir() if not _leftover(p)} - {f"{_demo_grid_name()}.json"}:
         return "holds runs of other grids than the demo's"
     foreign = [p.name for p in runs.iterdir() if p.name not in ("grids", "neighbours")
-               and not (p / "config.json").is_file() and not _leftover(p)
-               and not _rdbench_outputs(p)]
+               and not _is_run(p) and not _leftover(p) and not _rdbench_outputs(p)]
     return f"holds {foreign[0]}, which is not a run" if foreign else None
 
 
+_DEBRIS = re.compile(r"^\..+\.(tmp|partial|old-[0-9a-f]+)$|^\.lock$")  # rdbench's own
+
+
+def _is_run(path: Path) -> bool:
+    """A run directory: its config.json names it (``run_id`` = the directory's name)."""
+    config = _json_or_none(path / "config.json")
+    return isinstance(config, dict) and config.get("run_id") == path.name
+
+
+def _json_or_none(path: Path) -> object:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def _leftover(path: Path) -> bool:
-    """A temporary file of a killed atomic write, or a run directory killed before its
+    """A temporary entry of a killed atomic write or staged output (``.NAME.<hex>.tmp``,
+    ``.partial``, ``.old-<hex>``), the train lock, or a run directory killed before its
     config.json was written: rdbench's own debris."""
-    return path.name.startswith(".") or (path.is_dir() and not any(path.iterdir()))
+    return bool(_DEBRIS.match(path.name)) or (path.is_dir() and not any(path.iterdir()))
 
 
 def _rdbench_outputs(path: Path) -> bool:
-    """An rdbench output written into the runs (``report``, ``kp/<analysis>``)."""
-    if not path.is_dir():
-        return False
-    return output_kind(path) is not None or (
-        path.name == "kp" and all(output_kind(p) is not None for p in path.iterdir()))
+    """``report`` (an rdbench report) or ``kp`` (only rdbench kp analyses) written into the
+    runs, holding nothing rdbench did not write there."""
+    def whole(p: Path, kinds: tuple[str, ...]) -> bool:
+        kind = output_kind(p) if p.is_dir() else None
+        return kind is not None and kind.startswith(kinds) and not foreign_entries(p)
+
+    if path.name == "report":
+        return whole(path, ("report",))
+    if path.name == "kp" and path.is_dir():
+        return all(_leftover(p) or whole(p, ("kp-",)) for p in path.iterdir())
+    return False
 
 
 def _not_demo_grid(path: Path, data_dir: Path) -> str | None:

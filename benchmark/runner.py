@@ -69,8 +69,8 @@ def plan(grid: GridConfig, runs: list[dict[str, Any]], runs_dir: Path) -> tuple[
             run["objective_options"], dataset_size=run["n_train"]))
     jobs = []
     for ids in _resumed_together(groups, pending):
-        _warn_if_regrouped(ids, groups, finished)
         members = [pending.pop(i) for i in ids]
+        _warn_if_regrouped(members, groups, finished, runs_dir)
         start = max(set.intersection(*(iterations[i] for i in ids)))
         jobs += _jobs(grid, members, start, runs_dir)
     # The rest by split, architecture, objective and latest checkpoint: 0 for fresh runs,
@@ -85,14 +85,23 @@ def plan(grid: GridConfig, runs: list[dict[str, Any]], runs_dir: Path) -> tuple[
     return jobs, dict(skipped)
 
 
-def _warn_if_regrouped(ids: list[str], groups: dict[str, tuple[str, ...]],
-                       finished: set[str]) -> None:
+def _warn_if_regrouped(members: list[dict[str, Any]], groups: dict[str, tuple[str, ...]],
+                       finished: set[str], runs_dir: Path) -> None:
     """Say so when runs resume without some of the runs they trained with (dropped from the
-    grid since): they go on, in a smaller group, and differ from an uninterrupted grid by
-    float rounding."""
-    missing = set().union(*(groups[i] for i in ids)) - set(ids) - finished
+    grid since, unfinished): they go on, in a smaller group, and differ from an
+    uninterrupted grid by float rounding. Under an objective that ignores β a run stands
+    for its seed's model, which any remaining run of that seed still trains."""
+    from benchmark.objectives import get_objective
+
+    ids = {r["run_id"] for r in members}
+    missing = {m for m in set().union(*(groups[i] for i in ids)) - ids - finished
+               if runs_io.read_status(Path(runs_dir) / m)["status"] not in ("done", "failed")}
+    if not get_objective(members[0]["objective"]).uses_beta:
+        seeds = {r["seed"] for r in members}
+        missing = {m for m in missing
+                   if runs_io.read_config(Path(runs_dir) / m).get("seed") not in seeds}
     if missing:
-        print(f"rdbench train: note: {len(ids)} run(s) resume without {len(missing)} run(s) "
+        print(f"rdbench train: note: {len(members)} run(s) resume without {len(missing)} run(s) "
               f"they trained with (no longer in the grid, e.g. {sorted(missing)[0]}); their "
               "weights will differ from an uninterrupted grid's by float rounding",
               file=sys.stderr)
@@ -195,7 +204,7 @@ def run_job(job: Job, device: str, progress: bool = True, threads: int | None = 
         for history, row in zip(histories, rows, strict=True):
             history.append({"iteration": iteration, **row})
 
-    group = tuple(d.name for d in itertools.chain.from_iterable(outputs))
+    group = tuple(dirs[0].name for dirs in outputs)  # the trained runs (copies link via theirs)
 
     def on_checkpoint(states: list[Any]) -> None:
         for dirs, state, history in zip(outputs, states, histories, strict=True):

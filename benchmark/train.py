@@ -31,24 +31,25 @@ def main(args: argparse.Namespace) -> int:
         _print_plan(grid, runs, jobs, skipped, devices)
         return 0
     client = connect(args.scheduler) if args.backend == "dask" else None
-    (runs_dir / _MARKER).mkdir(parents=True, exist_ok=True)
-    with _exclusive(runs_dir / _MARKER / ".lock"):
-        jobs, skipped = plan(grid, runs, runs_dir)
-        return _train(args, grid, runs, jobs, skipped, runs_dir, devices, workers, client)
+    try:
+        (runs_dir / _MARKER).mkdir(parents=True, exist_ok=True)
+        with _exclusive(runs_dir / _MARKER / ".lock"):
+            jobs, skipped = plan(grid, runs, runs_dir)
+            return _train(grid, runs, jobs, skipped, runs_dir, devices, workers, args.backend,
+                          client)
+    finally:
+        if client is not None:
+            client.close()
 
 
-def _train(args: argparse.Namespace, grid: GridConfig, runs: list[dict], jobs: list[Job],
-           skipped: dict, runs_dir: Path, devices: list[str], workers: int, client: Any) -> int:
+def _train(grid: GridConfig, runs: list[dict], jobs: list[Job], skipped: dict, runs_dir: Path,
+           devices: list[str], workers: int, backend: str, client: Any) -> int:
     atomic_write_json(runs_dir / _MARKER / f"{grid.name}.json", vars_of(grid))
     for run in runs:
         runs_io.create_run(runs_dir, run)
     print(f"rdbench train: {len(runs)} runs, {len(jobs)} jobs "
           f"({sum(skipped.values())} finished before) → {runs_dir}", file=sys.stderr)
-    try:
-        results = dispatch(jobs, devices, workers, args.backend, client)
-    finally:
-        if client is not None:
-            client.close()
+    results = dispatch(jobs, devices, workers, backend, client)
     return _summarise(results, skipped, runs_dir)
 
 

@@ -16,7 +16,7 @@ def _earlier_demo(out: Path) -> Path:
     (out / "runs" / "grids").mkdir(parents=True)
     (out / "runs" / "grids" / "demo.json").write_text("{}")
     (out / "runs" / "run1").mkdir()
-    (out / "runs" / "run1" / "config.json").write_text("{}")
+    (out / "runs" / "run1" / "config.json").write_text(json.dumps({"run_id": "run1"}))
     (out / "runs" / "neighbours").mkdir()
     (out / "report").mkdir()
     (out / "report" / MARKER).write_text(json.dumps({"kind": "report"}))
@@ -49,6 +49,9 @@ def test_a_grid_file_from_before_the_header_is_still_the_demos(tmp_path):
     (False, "runs/results.csv", "runs (not an rdbench runs directory)"),
     (True, "runs/grids/paper.json", "runs (holds runs of other grids than the demo's)"),
     (True, "runs/thesis.tex", "runs (holds thesis.tex, which is not a run)"),
+    (True, "runs/.git/config", "runs (holds .git, which is not a run)"),
+    (True, "runs/thesis/config.json", "runs (holds thesis, which is not a run)"),
+    (True, "runs/report/notes.md", "runs (holds report, which is not a run)"),
     (False, "report/notes.txt", "report (not an rdbench report)"),
     (False, "data/notes.txt", "data (not an rdbench dataset)"),
     (False, "demo.toml", "demo.toml (not the demo's grid file)")])
@@ -67,9 +70,10 @@ def test_rdbench_debris_and_outputs_in_the_runs_do_not_block_a_rerun(tmp_path):
     """After `rdbench report results/demo/runs` (default RUNS/report), a kp analysis, or a
     kill that left a temporary file or an empty run directory, `make demo` still re-runs."""
     out = _earlier_demo(tmp_path)
-    for sub in ("report", "kp/objectives"):
+    for sub, kind in (("report", "report"), ("kp/objectives", "kp-objectives")):
         (out / "runs" / sub).mkdir(parents=True)
-        (out / "runs" / sub / MARKER).write_text(json.dumps({"kind": "report"}))
+        (out / "runs" / sub / MARKER).write_text(json.dumps({"kind": kind, "entries": []}))
+    (out / "runs" / "kp" / ".jacobian.1a2b.partial").mkdir()  # a killed kp analysis
     (out / "runs" / "grids" / ".demo.json.1a2b.tmp").write_text("{")
     (out / "runs" / "0123abcd").mkdir()
     demo.check_previous_demo(out)
