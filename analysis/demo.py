@@ -7,6 +7,7 @@ the dataset is generated inside the output directory (or reused when a valid one
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import re
 import sys
@@ -44,7 +45,7 @@ def main(args: argparse.Namespace) -> int:
     data_dir, runs_dir, report_dir = out / "data", out / "runs", out / "report"
     if args.force and out.exists():
         check_previous_demo(out)
-        _clear_previous_demo(out)
+        _clear_previous_demo(out)  # (under the train lock: not while a train writes there)
     start = time.perf_counter()
     steps = [
         ("dataset", lambda: _dataset(data_dir, rdbench)),
@@ -189,6 +190,10 @@ def _clear_previous_demo(out: Path) -> None:
     """
     import shutil
 
-    shutil.rmtree(out / "runs", ignore_errors=True)
+    from benchmark.train import runs_lock
+
+    lock = out / "runs" / "grids" / ".lock"
+    with runs_lock(lock) if lock.parent.is_dir() else contextlib.nullcontext():
+        shutil.rmtree(out / "runs", ignore_errors=True)
     shutil.rmtree(out / "report", ignore_errors=True)
     (out / "demo.toml").unlink(missing_ok=True)

@@ -33,7 +33,7 @@ def main(args: argparse.Namespace) -> int:
     client = connect(args.scheduler) if args.backend == "dask" else None
     try:
         (runs_dir / _MARKER).mkdir(parents=True, exist_ok=True)
-        with _exclusive(runs_dir / _MARKER / ".lock"):
+        with runs_lock(runs_dir / _MARKER / ".lock"):
             jobs, skipped = plan(grid, runs, runs_dir)
             return _train(grid, runs, jobs, skipped, runs_dir, devices, workers, args.backend,
                           client)
@@ -54,7 +54,7 @@ def _train(grid: GridConfig, runs: list[dict], jobs: list[Job], skipped: dict, r
 
 
 @contextlib.contextmanager
-def _exclusive(lock: Path) -> Iterator[None]:
+def runs_lock(lock: Path) -> Iterator[None]:
     """Hold an exclusive lock on the runs directory: two ``rdbench train`` writing the same
     runs would rewind each other's checkpoints. Released by the OS if the process dies."""
     try:

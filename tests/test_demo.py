@@ -77,3 +77,14 @@ def test_rdbench_debris_and_outputs_in_the_runs_do_not_block_a_rerun(tmp_path):
     (out / "runs" / "grids" / ".demo.json.1a2b.tmp").write_text("{")
     (out / "runs" / "0123abcd").mkdir()
     demo.check_previous_demo(out)
+
+
+def test_force_does_not_clear_runs_a_train_is_writing(tmp_path):
+    import fcntl
+
+    out = _earlier_demo(tmp_path)
+    with (out / "runs" / "grids" / ".lock").open("a") as held:  # a running `rdbench train`
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(InputError, match="another `rdbench train` is writing to"):
+            demo._clear_previous_demo(out)
+    assert (out / "runs" / "run1" / "config.json").is_file()
