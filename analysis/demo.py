@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import re
 import sys
 import time
@@ -20,6 +19,7 @@ from rdbench.io import (
     atomic_write_text,
     check_output_dir,
     foreign_entries,
+    json_or_none,
     output_kind,
 )
 
@@ -105,10 +105,12 @@ def check_previous_demo(out: Path) -> None:
 
 
 def _not_of_kind(path: Path, kind: str) -> str | None:
+    """Why ``path`` is not an intact rdbench output of ``kind`` (or of a sub-kind, such as
+    ``kp-objectives`` of ``kp``), or None when it is, is empty or is absent."""
     if not path.exists() or (path.is_dir() and not any(path.iterdir())):
         return None
     found = output_kind(path) if path.is_dir() else None
-    if found != kind:
+    if found is None or not (found == kind or found.startswith(f"{kind}-")):
         return f"not an rdbench {kind}"
     extra = foreign_entries(path)
     return f"holds {extra[0]}, which rdbench did not write" if extra else None
@@ -133,15 +135,8 @@ _DEBRIS = re.compile(r"^\..+\.(tmp|partial|old-[0-9a-f]+)$|^\.lock$")  # rdbench
 
 def _is_run(path: Path) -> bool:
     """A run directory: its config.json names it (``run_id`` = the directory's name)."""
-    config = _json_or_none(path / "config.json")
+    config = json_or_none(path / "config.json")
     return isinstance(config, dict) and config.get("run_id") == path.name
-
-
-def _json_or_none(path: Path) -> object:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def _leftover(path: Path) -> bool:
@@ -154,14 +149,10 @@ def _leftover(path: Path) -> bool:
 def _rdbench_outputs(path: Path) -> bool:
     """``report`` (an rdbench report) or ``kp`` (only rdbench kp analyses) written into the
     runs, holding nothing rdbench did not write there."""
-    def whole(p: Path, kinds: tuple[str, ...]) -> bool:
-        kind = output_kind(p) if p.is_dir() else None
-        return kind is not None and kind.startswith(kinds) and not foreign_entries(p)
-
     if path.name == "report":
-        return whole(path, ("report",))
+        return _not_of_kind(path, "report") is None
     if path.name == "kp" and path.is_dir():
-        return all(_leftover(p) or whole(p, ("kp-",)) for p in path.iterdir())
+        return all(_leftover(p) or _not_of_kind(p, "kp") is None for p in path.iterdir())
     return False
 
 

@@ -32,7 +32,7 @@ from analysis.tables import (
 )
 from rdbench.io import (
     InputError,
-    atomic_write,
+    atomic_write_bytes,
     atomic_write_text,
     check_output_dir,
     staged_directory,
@@ -175,9 +175,8 @@ def _kp_blocks(runs_dir: Path, out: Path) -> list[Block]:
                 return Skipped(f"not made yet: run `rdbench kp {analysis} RUNS_DIR`")
             copied = []
             for path in (f for f in found if f.is_file()):
-                atomic_write(target.with_suffix(path.suffix), lambda f, p=path: f.write(
-                    p.read_bytes()))
-                copied.append(target.with_suffix(path.suffix))
+                copied.append(atomic_write_bytes(target.with_suffix(path.suffix),
+                                                 path.read_bytes()))
             return copied
 
         blocks.append(_draw(f"kp_{stem}", caption, copy, out))

@@ -20,7 +20,7 @@ from typing import Any
 from benchmark import runs as runs_io
 from benchmark.config import GridConfig
 from rdbench.device import resolve_device
-from rdbench.io import InputError
+from rdbench.io import InputError, json_or_none
 
 
 @dataclass(frozen=True)
@@ -89,17 +89,14 @@ def _warn_if_regrouped(members: list[dict[str, Any]], groups: dict[str, tuple[st
                        finished: set[str], runs_dir: Path) -> None:
     """Say so when runs resume without some of the runs they trained with (dropped from the
     grid since, unfinished): they go on, in a smaller group, and differ from an
-    uninterrupted grid by float rounding. Under an objective that ignores β a run stands
-    for its seed's model, which any remaining run of that seed still trains."""
-    from benchmark.objectives import get_objective
-
+    uninterrupted grid by float rounding. A run missing counts only if no remaining run
+    trains its model (``_model_of``)."""
     ids = {r["run_id"] for r in members}
+    models = {_model_of(r) for r in members}
     missing = {m for m in set().union(*(groups[i] for i in ids)) - ids - finished
-               if runs_io.read_status(Path(runs_dir) / m)["status"] not in ("done", "failed")}
-    if not get_objective(members[0]["objective"]).uses_beta:
-        seeds = {r["seed"] for r in members}
-        missing = {m for m in missing
-                   if runs_io.read_config(Path(runs_dir) / m).get("seed") not in seeds}
+               if runs_io.read_status(Path(runs_dir) / m)["status"] not in ("done", "failed")
+               and _model_of(json_or_none(Path(runs_dir) / m / "config.json") or
+                             {"run_id": m}) not in models}
     if missing:
         print(f"rdbench train: note: {len(members)} run(s) resume without {len(missing)} run(s) "
               f"they trained with (no longer in the grid, e.g. {sorted(missing)[0]}); their "
@@ -137,7 +134,7 @@ def _jobs(grid: GridConfig, members: list[dict[str, Any]], start: int, runs_dir:
     from benchmark.trainer import GroupSpec
 
     first = members[0]
-    copies = _same_model_runs(first["objective"], members, runs_dir)
+    copies = _same_model_runs(members, runs_dir)
     members = [r for r in members if r["run_id"] in copies]
     jobs = []
     for part in _chunks(members, grid.max_group_size):
@@ -160,23 +157,28 @@ def _chunks(items: list, size: int) -> list[list]:
     return [chunk for chunk in iter(lambda: list(itertools.islice(iterator, size)), [])]
 
 
-def _same_model_runs(objective: str, members: list[dict], runs_dir: Path
-                     ) -> dict[str, tuple[str, ...]]:
+def _same_model_runs(members: list[dict], runs_dir: Path) -> dict[str, tuple[str, ...]]:
     """run_id of each run to train -> the directories of the runs that copy it.
 
-    Every run trains, except under an objective that ignores β: there the runs of one
-    seed (same split, architecture, options and start) would train the same model, so the
-    first trains and the others receive its files.
+    Runs of one job that train the same model (``_model_of``) train it once: the first
+    trains and the others receive its files.
     """
+    by_model: dict[Any, list[str]] = {}
+    for r in members:
+        by_model.setdefault(_model_of(r), []).append(r["run_id"])
+    return {ids[0]: tuple(str(Path(runs_dir) / i) for i in ids[1:])
+            for ids in by_model.values()}
+
+
+def _model_of(run: dict[str, Any]) -> Any:
+    """What determines the model a run trains, among runs of one job (split, architecture,
+    objective, options and start): its seed under an objective that ignores β (``ae``),
+    else the run itself (also when only its id is known: a run directory deleted since)."""
     from benchmark.objectives import get_objective
 
-    if get_objective(objective).uses_beta:
-        return {r["run_id"]: () for r in members}
-    by_seed: dict[int, list[str]] = {}
-    for r in members:
-        by_seed.setdefault(r["seed"], []).append(r["run_id"])
-    return {ids[0]: tuple(str(Path(runs_dir) / i) for i in ids[1:])
-            for ids in by_seed.values()}
+    if "objective" in run and not get_objective(run["objective"]).uses_beta:
+        return run["seed"]
+    return run["run_id"]
 
 
 def run_job(job: Job, device: str, progress: bool = True, threads: int | None = None

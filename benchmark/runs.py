@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 from pathlib import Path
 from typing import Any
 
@@ -105,8 +106,6 @@ def save_checkpoint(run_dir: Path, state: Any, history: list[dict[str, float]],
     """Persist a :class:`~benchmark.trainer.RunState`, the run ids of the job writing it
     (``group``) and the history up to its iteration; the checkpoint it replaces becomes
     ``checkpoint.prev.pt``."""
-    import os
-
     write_history(run_dir, history)
     latest, previous = (run_dir / name for name in CHECKPOINTS)
     if latest.exists():
@@ -136,8 +135,6 @@ def checkpoints(run_dir: Path) -> tuple[dict[int, Path], tuple[str, ...]]:
 def rewind(run_dir: Path, iteration: int) -> None:
     """Leave the run's checkpoint at ``iteration`` as ``checkpoint.pt`` and drop any other
     (none at all for 0), so that the next save rotates from a consistent state."""
-    import os
-
     run_dir = Path(run_dir)
     keep = checkpoints(run_dir)[0][iteration] if iteration else None
     latest, previous = (run_dir / name for name in CHECKPOINTS)

@@ -112,7 +112,7 @@ def read_json(path: str | os.PathLike) -> Any:
         raise InputError(f"corrupt JSON file: {path} ({e})") from None
 
 
-def _json_or_none(path: Path) -> Any:
+def json_or_none(path: Path) -> Any:
     """The parsed JSON of ``path``, or None when it is missing, unreadable or not JSON."""
     try:
         return json.loads(path.read_text())
@@ -130,7 +130,7 @@ def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 22) -> str:
 
 # ---------------------------------------------------------------- output directories
 def _is_dataset(path: Path) -> bool:
-    manifest = _json_or_none(path / "manifest.json")
+    manifest = json_or_none(path / "manifest.json")
     return isinstance(manifest, dict) and manifest.get("generator") == "rdbench tetrominoes"
 
 
@@ -157,7 +157,7 @@ def output_kind(path: str | os.PathLike) -> str | None:
     """The kind of rdbench output directory ``path`` is (its marker, else its files), or None."""
     path = Path(path)
     if (path / MARKER).exists():
-        marker = _json_or_none(path / MARKER)
+        marker = json_or_none(path / MARKER)
         return marker.get("kind") if isinstance(marker, dict) else None
     return next((kind for kind, matches in _SIGNATURES.items() if matches(path)), None)
 
@@ -165,11 +165,11 @@ def output_kind(path: str | os.PathLike) -> str | None:
 def foreign_entries(path: Path) -> list[str]:
     """Top-level entries of an rdbench output directory that its writer did not put there
     (by the marker's list; for a dataset written before it, by the manifest's files)."""
-    marker = _json_or_none(path / MARKER)
+    marker = json_or_none(path / MARKER)
     if isinstance(marker, dict) and isinstance(marker.get("entries"), list):
         ours = set(marker["entries"])
     elif _is_dataset(path):
-        manifest = _json_or_none(path / "manifest.json") or {}
+        manifest = json_or_none(path / "manifest.json") or {}
         ours = {Path(f).parts[0] for f in manifest.get("files", {})}
         ours |= {"manifest.json", "preview.png"}
     else:  # other outputs from before the marker: recognised by their files, not listed
@@ -284,7 +284,7 @@ _LEGACY_BENCH_KEYS = {"data": {"render", "generate"},
 
 def bench_kind(path: str | os.PathLike) -> str | None:
     """Which ``rdbench bench`` wrote the JSON file ``path`` ("train", "data", "eval"), or None."""
-    result = _json_or_none(Path(path))
+    result = json_or_none(Path(path))
     if not isinstance(result, dict):
         return None
     if isinstance(result.get("bench"), str):
