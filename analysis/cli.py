@@ -78,6 +78,11 @@ def _register_demo(commands: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=handler("analysis.demo:main"))
 
 
+def decoder_std(text: str) -> float | str:
+    """``--decoder-std``: 'learned' or a number (UniquenessConfig checks that it is > 0)."""
+    return "learned" if text == "learned" else float(text)
+
+
 def _register_kp(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser("kp", help="implicit-regularisation analyses (Kumar & Poole 2020)")
     kp = p.add_subparsers(dest="kp", required=True, metavar="ANALYSIS")
@@ -104,6 +109,13 @@ def _register_kp(commands: argparse._SubParsersAction) -> None:
     q.add_argument("--orientations", type=float, nargs="?", const=7.5, default=None,
                    metavar="STEP", help="instead: diagonal-Σ sweep of W's orientation over "
                    "[0°, 90°) every STEP degrees (default 7.5)")
+    q.add_argument("--decoder-std", type=decoder_std, nargs="+", default=None,
+                   metavar="SIGMA", help="σ of the decoder's Gaussian likelihood: a number "
+                   "(default 0.05, the data's noise) or 'learned' (the ELBO-maximising σ, in "
+                   "closed form); several values run the experiment once for each and compare")
+    q.add_argument("--optimizer", choices=("adam", "gd"), default="adam",
+                   help="full-batch Adam (default) or the paper's plain gradient descent, "
+                   "which is stable only with a σ well above 0.05 (e.g. learned)")
     q.add_argument("--unamortised", action="store_true", help="per-point posteriors "
                    "N(μ_i, Σ_i) instead of the encoder N(Cx + d, Σ) (their Fig. 6)")
     q.add_argument("--device", default="auto", help=_DEVICE_HELP)

@@ -34,6 +34,7 @@ from analysis.kp.uniqueness_model import (
     elbo_linear,
     elbo_per_point,
     elbo_quadrature,
+    gaussian_loglik,
     generating_W,
     init_trial,
     make_data,
@@ -354,6 +355,55 @@ def test_true_decoder_trials_keep_the_generating_decoder_and_fit_the_encoder() -
     assert table["angle_deg"].abs().max() < 0.5
 
 
+def test_learned_decoder_std_is_the_elbo_maximising_sigma() -> None:
+    """−err/(2σ²) − log(2πσ²) is largest at σ² = err/2, where it is −1 − log(π err)."""
+    err = torch.tensor([0.005, 0.3, 7.0], dtype=torch.float64)
+    learned = gaussian_loglik(err, None)
+    for i, e in enumerate(err.tolist()):
+        best = math.sqrt(e / 2)
+        assert learned[i].item() == pytest.approx(gaussian_loglik(err[i], best).item(), abs=1e-12)
+        assert learned[i].item() == pytest.approx(-1 - math.log(math.pi * e), abs=1e-12)
+        for sigma in (0.9 * best, 1.1 * best, 0.5):
+            assert gaussian_loglik(err[i], sigma).item() < learned[i].item()
+
+
+def test_learned_decoder_std_reaches_the_gaussian_maximum_likelihood() -> None:
+    """ν = identity with σ learned: the model N(b, AAᵀ + σ²I) can be any Gaussian, and the
+    exact posterior is Gaussian, so training reaches the ELBO of the Gaussian fit by maximum
+    likelihood, log N(x; x̄, S) averaged over the data — for full Σ and, since mean-field
+    loses nothing once A's columns are orthogonal, for diagonal Σ too. (That maximum is a
+    ridge: AAᵀ = S − σ²I fits for every σ² ≤ λ_min(S), so σ itself is not identified.)"""
+    config = UniquenessConfig(schedule=((2000, 1),), nonlinearities=("identity",),
+                              n_points=500, dtype="float64", decoder_std="learned")
+    batch = build_batch(config, "identity", CPU)
+    x = batch.x[0]
+    xc = x - x.mean(0)
+    fit = torch.distributions.MultivariateNormal(x.mean(0), xc.T @ xc / len(x))
+    expected = fit.log_prob(x).mean().item()
+    train_batch(batch, config, "identity")
+    with torch.no_grad():
+        elbo = batch_elbo(batch, config, "identity")
+    assert elbo.tolist() == pytest.approx([expected, expected], abs=1e-3)
+    fixed = batch_elbo(batch, replace(config, decoder_std=0.05), "identity")
+    assert bool((fixed < elbo).all())        # the same model with σ fixed is worse
+
+
+def test_gd_steps_by_the_learning_rate_times_the_gradient() -> None:
+    """optimizer "gd": one step moves every parameter by exactly −lr · ∂(−ELBO)/∂θ."""
+    config = UniquenessConfig(schedule=((1, 1),), nonlinearities=("tanh",), n_points=50,
+                              dtype="float64", decoder_std="learned", optimizer="gd",
+                              decays=1)
+    batch = build_batch(config, "tanh", CPU)
+    before = {k: v.detach().clone() for k, v in batch.params.items()}
+    grads = torch.autograd.grad(-batch_elbo(batch, config, "tanh").sum(),
+                                list(batch.params.values()))
+    train_batch(batch, config, "tanh")
+    for (k, v), g in zip(batch.params.items(), grads, strict=True):
+        torch.testing.assert_close(v.detach(), before[k] - config.learning_rate * g)
+    with pytest.raises(InputError, match="optimizer"):
+        UniquenessConfig(optimizer="sgd")
+
+
 # ----------------------------------------------------------------------------- orientation
 
 
@@ -470,7 +520,8 @@ def _orientation_args(out, **kwargs) -> argparse.Namespace:
 
 def test_orientation_main_validates_then_writes_its_files(tmp_path, monkeypatch) -> None:
     for bad in ({"orientations": 0.0}, {"orientations": 120.0}, {"seed": -1},
-                {"device": "tpu"}):
+                {"device": "tpu"}, {"decoder_std": [0.0]}, {"decoder_std": [math.inf]},
+                {"decoder_std": ["fitted"]}):
         with pytest.raises(InputError):
             uniqueness.main(_orientation_args(tmp_path / "bad", **bad))
     assert not (tmp_path / "bad").exists()
@@ -642,3 +693,33 @@ def test_unamortised_main_writes_the_same_files(tmp_path, monkeypatch) -> None:
     assert "unamortised" in (tmp_path / "run" / "summary.md").read_text()
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["inference"] == "unamortised"
+
+
+def test_several_decoder_stds_run_once_each_and_are_compared(tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(uniqueness, "make_config", lambda quick, seed: UniquenessConfig(
+        schedule=((3, 1), (4, 1)), nonlinearities=("identity", "tanh"), n_points=100,
+        seed=seed))
+    for bad in ({"decoder_std": [0.05, -2.0]}, {"decoder_std": [0.05, 0.1], "orientations": 45.0}):
+        with pytest.raises(InputError):
+            uniqueness.main(_orientation_args(tmp_path / "bad", **{"orientations": None, **bad}))
+    assert not (tmp_path / "bad").exists()
+    args = _orientation_args(tmp_path / "run", orientations=None,
+                             decoder_std=["learned", 0.3, 0.05, 0.3])
+    assert uniqueness.main(args) == 0
+    run = tmp_path / "run"
+    assert {p.name for p in run.iterdir()} == {
+        "decoder-std-0.05", "decoder-std-0.3", "decoder-std-learned", "decoder_std.csv",
+        "decoder_std.md", "angle_vs_decoder_std.png", "angle_vs_decoder_std.pdf", MARKER}
+    for sigma in ("0.05", "0.3", "learned"):
+        config = json.loads((run / f"decoder-std-{sigma}" / "config.json").read_text())
+        assert str(config["decoder_std"]) == sigma
+        trials = pd.read_csv(run / f"decoder-std-{sigma}" / "trials.csv")
+        assert len(trials) == 2 * 2 * 2                           # ν × n × Σ
+    table = pd.read_csv(run / "decoder_std.csv", dtype={"decoder_std": str})
+    assert list(dict.fromkeys(table["decoder_std"])) == ["0.05", "0.3", "learned"]
+    assert "σ = learned" in (run / "decoder_std.md").read_text()
+    # the same σ alone gives the same trials as inside the comparison
+    alone = _orientation_args(tmp_path / "alone", orientations=None, decoder_std=[0.3])
+    assert uniqueness.main(alone) == 0
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "alone" / "trials.csv"),
+                                  pd.read_csv(run / "decoder-std-0.3" / "trials.csv"))

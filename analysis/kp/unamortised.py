@@ -77,7 +77,7 @@ def unamortised_elbo(batch: Batch, config: UniquenessConfig, nonlinearity: str,
                      start: int = 0) -> torch.Tensor:
     """ELBO per point of trials ``start:`` of an unamortised batch, (T − start,)."""
     params, fixed, x = trials_from(batch, start)
-    return elbo_per_point(*posteriors(params, fixed), x, nonlinearity, config.noise_std,
+    return elbo_per_point(*posteriors(params, fixed), x, nonlinearity, config.likelihood_std,
                           config.quadrature_nodes)
 
 

@@ -97,50 +97,97 @@ def make_config(quick: bool, seed: int) -> UniquenessConfig:
 
 def main(args: argparse.Namespace) -> int:
     """``rdbench kp uniqueness --out DIR [--quick] [--seed S] [--device D] [--force]
-    [--orientations [STEP] | --unamortised]``; with ``--orientations`` the orientation sweep
-    runs instead, with ``--unamortised`` the same trials with per-point posteriors."""
-    from analysis.kp.unamortised import run_unamortised
-    from analysis.kp.uniqueness_plot import plot_angles, summarise, summary_markdown
+    [--decoder-std SIGMA ...] [--optimizer adam|gd] [--orientations [STEP] | --unamortised]``;
+    with ``--orientations`` the orientation sweep runs instead, with ``--unamortised`` the
+    same trials with per-point posteriors. Several ``--decoder-std`` values run the whole
+    experiment once per value, each into ``DIR/decoder-std-<σ>``, and compare them."""
     from rdbench.device import resolve_device
     from rdbench.io import check_output_dir
 
     unamortised = getattr(args, "unamortised", False)
-    if unamortised and getattr(args, "orientations", None) is not None:
+    orientations = getattr(args, "orientations", None)
+    if unamortised and orientations is not None:
         raise InputError("--unamortised and --orientations are mutually exclusive "
                          "(the orientation sweep trains the amortised encoder)")
     check_output_dir(args.out, args.force, kind="kp-uniqueness")
     config = make_config(args.quick, getattr(args, "seed", 0))
+    config = replace(config, optimizer=getattr(args, "optimizer", config.optimizer))
     names = getattr(args, "nonlinearities", None)
     if names:  # UniquenessConfig rejects unknown names
         config = replace(config, nonlinearities=tuple(dict.fromkeys(names)))
-    if getattr(args, "orientations", None) is not None:
-        angles = orientation_angles(args.orientations)
-        config = replace(config, schedule=(ORIENTATION_QUICK if args.quick
-                                           else ORIENTATION_FULL,))
+    stds = sorted(dict.fromkeys(getattr(args, "decoder_std", None) or [config.decoder_std]),
+                  key=lambda std: (std == "learned", 0.0 if std == "learned" else std))
+    configs = [replace(config, decoder_std=std) for std in stds]  # each validates its σ
+    if orientations is not None:
+        if len(configs) > 1:
+            raise InputError("--orientations takes one --decoder-std value")
+        angles = orientation_angles(orientations)
+        configs = [replace(configs[0], schedule=(ORIENTATION_QUICK if args.quick
+                                                 else ORIENTATION_FULL,))]
     device = resolve_device(args.device)
     # Tensors are small (≤ a few MB): intra-op threads only add contention on a shared CPU.
     torch.set_num_threads(1)
-    if getattr(args, "orientations", None) is not None:
-        return _main_orientations(args, config, angles, device)
-    torch.manual_seed(config.seed)
-    started = time.perf_counter()
-    trials = (run_unamortised if unamortised else run_experiment)(config, device)
-    seconds = time.perf_counter() - started
-    summary = summarise(trials)
+    if orientations is not None:
+        return _main_orientations(args, configs[0], angles, device)
     inference = "unamortised" if unamortised else "amortised"
+    started = time.perf_counter()
     with staged_directory(args.out, force=args.force, kind="kp-uniqueness") as tmp:
-        atomic_write_text(tmp / "trials.csv", trials.to_csv(index=False, float_format="%.6g"))
-        atomic_write_text(tmp / "summary.csv", summary.to_csv(index=False, float_format="%.4g"))
-        atomic_write_text(tmp / "summary.md", summary_markdown(summary, config, seconds, device,
-                                                               inference))
-        atomic_write_json(tmp / "config.json", {**asdict(config), "inference": inference,
-                                                "device": str(device),
-                                                "seconds": round(seconds, 1)})
-        plot_angles(trials, tmp / "angle_vs_elbo", title="unamortised VI: per-point "
-                    "q_i(z) = N(μ_i, Σ_i)" if unamortised else None)
+        if len(configs) == 1:
+            summary = _run_into(tmp, configs[0], device, inference)
+        else:
+            summary = pd.concat([_run_into(tmp / f"decoder-std-{sigma_label(c)}", c, device,
+                                           inference).assign(decoder_std=sigma_label(c))
+                                 for c in configs], ignore_index=True)
+            _write_sigma_comparison(tmp, summary, configs[0], inference)
+    seconds = time.perf_counter() - started
     print(summary.to_string(index=False, float_format=lambda v: f"{v:.3g}"))
     print(f"wrote {Path(args.out)} ({seconds:.0f} s on {device})")
     return 0
+
+
+def sigma_label(config: UniquenessConfig) -> str:
+    """The decoder's σ as a name: "learned" or the number ("0.05")."""
+    std = config.decoder_std
+    return "learned" if std == "learned" else f"{float(std):g}"
+
+
+def _run_into(directory: Path, config: UniquenessConfig, device: torch.device,
+              inference: str) -> pd.DataFrame:
+    """Run every trial of ``config`` and write trials.csv, summary.csv/.md, config.json and
+    the angle-vs-ELBO figure into ``directory``; returns the summary table."""
+    from analysis.kp.unamortised import run_unamortised
+    from analysis.kp.uniqueness_plot import plot_angles, summarise, summary_markdown
+
+    directory.mkdir(exist_ok=True)
+    torch.manual_seed(config.seed)
+    started = time.perf_counter()
+    trials = (run_unamortised if inference == "unamortised" else run_experiment)(config,
+                                                                                 device)
+    seconds = time.perf_counter() - started
+    summary = summarise(trials)
+    atomic_write_text(directory / "trials.csv", trials.to_csv(index=False, float_format="%.6g"))
+    atomic_write_text(directory / "summary.csv", summary.to_csv(index=False,
+                                                                float_format="%.4g"))
+    atomic_write_text(directory / "summary.md", summary_markdown(summary, config, seconds,
+                                                                 device, inference))
+    atomic_write_json(directory / "config.json", {**asdict(config), "inference": inference,
+                                                  "device": str(device),
+                                                  "seconds": round(seconds, 1)})
+    title = "unamortised VI: per-point q_i(z) = N(μ_i, Σ_i)" if inference == "unamortised" \
+        else None
+    plot_angles(trials, directory / "angle_vs_elbo", title=title)
+    return summary
+
+
+def _write_sigma_comparison(directory: Path, summary: pd.DataFrame, config: UniquenessConfig,
+                            inference: str) -> None:
+    """decoder_std.csv/.md and the angle-vs-σ figure of a run over several decoder σ."""
+    from analysis.kp.uniqueness_plot import plot_decoder_std, sigma_markdown
+
+    atomic_write_text(directory / "decoder_std.csv", summary.to_csv(index=False,
+                                                                    float_format="%.4g"))
+    atomic_write_text(directory / "decoder_std.md", sigma_markdown(summary, config, inference))
+    plot_decoder_std(summary, directory / "angle_vs_decoder_std")
 
 
 def _main_orientations(args: argparse.Namespace, config: UniquenessConfig,

@@ -142,7 +142,7 @@ def _kl(Sigma: torch.Tensor, logdet: torch.Tensor, mean_sq: torch.Tensor) -> tor
 
 
 def elbo_linear(params: dict, fixed: dict, mean: torch.Tensor, second: torch.Tensor,
-                noise_std: float) -> torch.Tensor:
+                decoder_std: float | None) -> torch.Tensor:
     """Exact ELBO per point for ν = identity, from x̄ (T, 2) and S = E[x xᵀ] (T, 2, 2).
 
     E‖x − A μ − b‖² = tr(M S Mᵀ) − 2 cᵀ M x̄ + ‖c‖² with M = I − A C, c = A d + b, plus
@@ -154,7 +154,7 @@ def elbo_linear(params: dict, fixed: dict, mean: torch.Tensor, second: torch.Ten
     Mx = (M @ mean[..., None])[..., 0]
     err = _trace(M @ second @ M.mT) - 2 * (c * Mx).sum(-1) + (c * c).sum(-1)
     err = err + _trace(A @ Sigma @ A.mT)
-    loglik = -err / (2 * noise_std**2) - math.log(2 * math.pi * noise_std**2)
+    loglik = gaussian_loglik(err, decoder_std)
     Cx = (C @ mean[..., None])[..., 0]
     mean_sq = _trace(C @ second @ C.mT) + 2 * (d * Cx).sum(-1) + (d * d).sum(-1)
     return loglik - _kl(Sigma, logdet, mean_sq)
@@ -165,7 +165,7 @@ def _trace(m: torch.Tensor) -> torch.Tensor:
 
 
 def elbo_quadrature(params: dict, fixed: dict, x: torch.Tensor, nonlinearity: str,
-                    noise_std: float, nodes: int) -> torch.Tensor:
+                    decoder_std: float | None, nodes: int) -> torch.Tensor:
     """ELBO per point, (T,), for x (T, N, 2), by K-node Gauss–Hermite quadrature.
 
     E_{u~N(m, s²)} f(u) ≈ Σ_k w_k f(m + √2 s t_k) / √π with m_ij = a_jᵀμ_i, s_j² = a_jᵀΣa_j,
@@ -178,7 +178,7 @@ def elbo_quadrature(params: dict, fixed: dict, x: torch.Tensor, nonlinearity: st
     m = torch.addcmul(torch.addcmul(c, G[..., :1], xt[:, :1]), G[..., 1:], xt[:, 1:])
     s = torch.diagonal(A @ Sigma @ A.mT, dim1=-2, dim2=-1).clamp_min(1e-30).sqrt()  # (T, 2)
     y = xt - params["b"][..., None]                                    # (T, 2, N)
-    loglik = _expected_loglik(m, s, y, nonlinearity, noise_std, nodes)
+    loglik = _expected_loglik(m, s, y, nonlinearity, decoder_std, nodes)
     mean, second = x.mean(1), xt @ x / x.shape[1]
     mean_sq = (_trace(C @ second @ C.mT) + 2 * (d * (C @ mean[..., None])[..., 0]).sum(-1)
                + (d * d).sum(-1))
@@ -186,8 +186,8 @@ def elbo_quadrature(params: dict, fixed: dict, x: torch.Tensor, nonlinearity: st
 
 
 def elbo_per_point(A: torch.Tensor, b: torch.Tensor, mu: torch.Tensor, Sigma: torch.Tensor,
-                   logdet: torch.Tensor, x: torch.Tensor, nonlinearity: str, noise_std: float,
-                   nodes: int) -> torch.Tensor:
+                   logdet: torch.Tensor, x: torch.Tensor, nonlinearity: str,
+                   decoder_std: float | None, nodes: int) -> torch.Tensor:
     """ELBO per point, (T,), of per-point posteriors q_i = N(μ_i, Σ_i) (unamortised VI).
 
     A (T, 2, 2), b (T, 2); μ (T, N, 2), Σ (T, N, 2, 2), log det Σ (T, N); x (T, N, 2). With
@@ -202,19 +202,31 @@ def elbo_per_point(A: torch.Tensor, b: torch.Tensor, mu: torch.Tensor, Sigma: to
     s2 = ((A @ S).view(T, 2, 2, N) * A[..., None]).sum(2)              # a_jᵀΣ_i a_j, (T, 2, N)
     y = x.mT.contiguous() - b[..., None]                               # (T, 2, N)
     if nonlinearity == "identity":
-        err = ((y - m).square() + s2).sum(1).mean(-1)
-        loglik = -err / (2 * noise_std**2) - math.log(2 * math.pi * noise_std**2)
+        loglik = gaussian_loglik(((y - m).square() + s2).sum(1).mean(-1), decoder_std)
     else:
         s = s2.clamp_min(1e-30).sqrt()
-        loglik = _expected_loglik(m, s, y, nonlinearity, noise_std, nodes)
+        loglik = _expected_loglik(m, s, y, nonlinearity, decoder_std, nodes)
     return loglik - _kl(Sigma, logdet, mu.square().sum(-1)).mean(-1)
 
 
 def _expected_loglik(m: torch.Tensor, s: torch.Tensor, y: torch.Tensor, nonlinearity: str,
-                     noise_std: float, nodes: int) -> torch.Tensor:
+                     decoder_std: float | None, nodes: int) -> torch.Tensor:
     """Mean over points of E_q log N(y; ν(u), σ²I), (T,); m, y (T, 2, N), s (T, 2) or (T, 2, N)."""
     err = _ExpectedSquaredError.apply(m, s, y, nonlinearity, nodes)    # (T, 2, N)
-    return -err.sum(1).mean(-1) / (2 * noise_std**2) - math.log(2 * math.pi * noise_std**2)
+    return gaussian_loglik(err.sum(1).mean(-1), decoder_std)
+
+
+def gaussian_loglik(err: torch.Tensor, decoder_std: float | None) -> torch.Tensor:
+    """E_q log N(x; decoder mean, σ²I₂) per point from ``err``, the expected squared error
+    summed over the two dimensions and averaged over points, (T,).
+
+    ``decoder_std`` None is a learned decoder variance, in closed form: the σ² that maximises
+    the ELBO, err / 2 (one σ per trial, as in the σ-VAE of Rybkin et al. 2021); the term is
+    then −1 − log(π·err). Training with it is training σ jointly, profiled out each step.
+    """
+    if decoder_std is None:
+        return -1 - torch.log(math.pi * err.clamp_min(torch.finfo(err.dtype).tiny))
+    return -err / (2 * decoder_std**2) - math.log(2 * math.pi * decoder_std**2)
 
 
 def _apply_nonlinearity(nonlinearity: str,

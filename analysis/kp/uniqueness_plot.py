@@ -60,7 +60,9 @@ def summary_markdown(summary: pd.DataFrame, config: Any, seconds: float, device:
     suffix = "" if inference == "amortised" else f" ({inference} VI)"
     lines = [f"# Kumar & Poole (2020), App. C: uniqueness of the latents{suffix}", "",
              f"Schedule (trials per ν and Σ): {schedule}; lr {config.learning_rate}, ÷10 every "
-             f"n steps, {config.decays}n steps; seed {config.seed}; {seconds:.0f} s on {device}.",
+             f"n steps, {config.decays}n steps, {config.optimizer}; "
+             f"decoder σ {decoder_sigma(config)}; "
+             f"seed {config.seed}; {seconds:.0f} s on {device}.",
              "", "| ν | Σ | trials | max ELBO | median abs angle, top quarter | "
              "median abs angle, all | median abs angle, longest runs |",
              "|---|---|---:|---:|---:|---:|---:|"]
@@ -70,6 +72,12 @@ def summary_markdown(summary: pd.DataFrame, config: Any, seconds: float, device:
                      f"{r.median_abs_angle_longest:.2f}° ({r.longest_trials} × "
                      f"{r.longest_iterations} steps) |")
     return "\n".join(lines) + "\n"
+
+
+def decoder_sigma(config: Any) -> str:
+    """The decoder likelihood's σ in words: "0.05 (fixed)" or "learned"."""
+    std = config.decoder_std
+    return "learned" if std == "learned" else f"{std:g} (fixed)"
 
 
 def _elbo_limits(trials: pd.DataFrame) -> tuple[float, float]:
@@ -152,7 +160,9 @@ def orientation_markdown(table: pd.DataFrame, config: Any, seconds: float, devic
              "orientation", "",
              f"W = R(α)·diag(2, 1); diagonal Σ; {inits} inits per α, the highest-ELBO one "
              f"shown (spread of all inits' angles in brackets); {config.decays}n steps, "
-             f"n = {n}; seed {config.seed}; {seconds:.0f} s on {device}.", "",
+             f"n = {n}, {config.optimizer}; decoder σ "
+             f"{decoder_sigma(config)}; seed {config.seed}; "
+             f"{seconds:.0f} s on {device}.", "",
              "| α | " + " | ".join(f"ν = {name}" for name in names) + " |",
              "|---:|" + "---:|" * len(names)]
     for q_angle, group in best.groupby("q_angle_deg"):
@@ -187,5 +197,59 @@ def plot_orientations(table: pd.DataFrame, stem: str | Path) -> list[Path]:
     ax.axhline(0, color="0.6", linewidth=0.6, zorder=0)
     ax.grid(alpha=0.25)
     ax.legend(loc="best", fontsize=8, framealpha=0.9)
+    fig.tight_layout()
+    return save(fig, stem)
+
+
+# ----------------------------------------------------------------------------- decoder σ
+
+
+def sigma_markdown(summary: pd.DataFrame, config: Any, inference: str = "amortised") -> str:
+    """Median |angle| per ν × decoder σ (diagonal / full Σ), top-ELBO quarter and longest
+    runs, from the summaries of a run over several σ (column ``decoder_std``)."""
+    sigmas = list(dict.fromkeys(summary["decoder_std"]))
+    schedule = ", ".join(f"n={n}×{t}" for n, t in config.schedule)
+    suffix = "" if inference == "amortised" else f" ({inference} VI)"
+    lines = [f"# Kumar & Poole (2020), App. C: uniqueness against the decoder's σ{suffix}", "",
+             f"Schedule (trials per ν and Σ): {schedule}; {config.optimizer}; seed "
+             f"{config.seed}; data noise σ = {config.noise_std:g}. Each σ's trials, summary "
+             "and figure are in `decoder-std-<σ>/`. Cells: median |angle| with diagonal Σ / "
+             "with full Σ."]
+    for column, what in (("median_abs_angle_top_quarter", "highest-ELBO quarter of trials"),
+                         ("median_abs_angle_longest", "longest-trained trials")):
+        lines += ["", f"**{what}**", "", "| ν | " + " | ".join(f"σ = {s}" for s in sigmas)
+                  + " |", "|---|" + "---:|" * len(sigmas)]
+        cells = summary.set_index(["nonlinearity", "covariance", "decoder_std"])[column]
+        for name in [n for n in ORDER if n in set(summary["nonlinearity"])]:
+            lines.append(f"| {name} | " + " | ".join(
+                f"{cells[name, 'diagonal', s]:.1f}° / {cells[name, 'full', s]:.1f}°"
+                for s in sigmas) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_decoder_std(summary: pd.DataFrame, stem: str | Path) -> list[Path]:
+    """Median |angle| of the highest-ELBO quarter (solid) and of the longest-trained trials
+    (dashed) against the decoder's σ, diagonal vs full Σ, one panel per ν."""
+    import matplotlib.pyplot as plt
+
+    from analysis.plot_style import save
+
+    sigmas = list(dict.fromkeys(summary["decoder_std"]))
+    names = [n for n in ORDER if n in set(summary["nonlinearity"])]
+    fig, axes = plt.subplots(1, len(names), figsize=(3.0 * len(names), 3.0), squeeze=False,
+                             sharey=True)
+    for ax, name in zip(axes[0], names, strict=True):
+        for covariance, style in STYLE.items():
+            rows = summary[(summary["nonlinearity"] == name)
+                           & (summary["covariance"] == covariance)].set_index("decoder_std")
+            x = range(len(sigmas))
+            ax.plot(x, rows.loc[sigmas, "median_abs_angle_top_quarter"], **style)
+            ax.plot(x, rows.loc[sigmas, "median_abs_angle_longest"], linestyle="--",
+                    alpha=0.5, color=style["color"], marker=style["marker"], markersize=3)
+        ax.set(xticks=range(len(sigmas)), xticklabels=sigmas, ylim=(0, 45),
+               yticks=range(0, 46, 15), title=f"ν = {name}", xlabel="decoder σ")
+    axes[0, 0].set_ylabel("median |angle| (degrees)")
+    axes[0, -1].legend(loc="upper right", fontsize=7)
+    fig.suptitle("solid: highest-ELBO quarter; dashed: longest-trained trials", fontsize=9)
     fig.tight_layout()
     return save(fig, stem)

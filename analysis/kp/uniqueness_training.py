@@ -1,16 +1,18 @@
 """Kumar & Poole (2020), Appendix C: the experiment's config and its batched trials.
 
-Training: full batch, Adam, learning rate 0.1 divided by 10 every n steps, 5n steps. All
-trials of one ν (every n, both covariances) form one batch with a leading trial dimension;
-trials are sorted by length so the ones still training are always a suffix of the batch.
+Training: full batch, Adam (or the paper's plain gradient descent), learning rate 0.1
+divided by 10 every n steps, 5n steps. All trials of one ν (every n, both covariances) form
+one batch with a leading trial dimension; trials are sorted by length so the ones still
+training are always a suffix of the batch.
 Evaluation reports each trial's ELBO in float64 with 32 quadrature nodes and its Procrustes
 angle (``analysis.kp.uniqueness_model``).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 import pandas as pd
 import torch
@@ -30,6 +32,7 @@ from analysis.kp.uniqueness_model import (
 from rdbench.io import InputError
 
 COVARIANCES = ("diagonal", "full")
+OPTIMIZERS = ("adam", "gd")  # gd: the paper's plain full-batch gradient descent
 # The paper's schedule: n -> random trials (420 per ν and covariance).
 PAPER_SCHEDULE = ((100, 20), (500, 20), *((k * 1000, 20) for k in range(1, 10)),
                   (10_000, 100), (20_000, 100))
@@ -44,19 +47,31 @@ class UniquenessConfig:
     schedule: tuple[tuple[int, int], ...] = PAPER_SCHEDULE  # (n, trials): 5n steps each
     nonlinearities: tuple[str, ...] = tuple(NONLINEARITIES)
     n_points: int = 4000
-    noise_std: float = 0.05
+    noise_std: float = 0.05  # of the data, x = ν(Wz) + ε
+    decoder_std: float | str = 0.05  # the likelihood's σ, or "learned" (σ² = the ELBO's best)
     learning_rate: float = 0.1
     decays: int = 5  # lr·10^-k for k = 0..decays-1, n steps each
     quadrature_nodes: int = 4  # training; the reported ELBO uses 32 nodes in float64
     dtype: str = "float32"
     seed: int = 0
-    optimizer: str = field(default="adam (full batch, betas 0.9/0.999, eps 1e-8)")
+    optimizer: str = "adam"  # full batch: "adam" (betas 0.9/0.999, eps 1e-8) or "gd"
 
     def __post_init__(self) -> None:
         unknown = [n for n in self.nonlinearities if n not in NONLINEARITIES]
         if unknown:
             raise InputError(f"unknown nonlinearity {unknown[0]!r}; "
                              f"choose from {' '.join(NONLINEARITIES)}")
+        std = self.decoder_std
+        if std != "learned" and (isinstance(std, str) or not (math.isfinite(std) and std > 0)):
+            raise InputError(f"the decoder's σ must be 'learned' or a positive number, got {std!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise InputError(f"unknown optimizer {self.optimizer!r}; choose from "
+                             f"{' '.join(OPTIMIZERS)}")
+
+    @property
+    def likelihood_std(self) -> float | None:
+        """The decoder likelihood's σ for the ELBO functions; None when it is learned."""
+        return None if self.decoder_std == "learned" else float(self.decoder_std)
 
 
 TRIAL_COLUMNS = ("nonlinearity", "covariance", "iterations", "trial", "elbo", "angle_deg")
@@ -142,15 +157,16 @@ def batch_elbo(batch: Batch, config: UniquenessConfig, nonlinearity: str,
     params, fixed, x = trials_from(batch, start)
     if nonlinearity == "identity":
         second = x.mT @ x / x.shape[1]
-        return elbo_linear(params, fixed, x.mean(1), second, config.noise_std)
-    return elbo_quadrature(params, fixed, x, nonlinearity, config.noise_std,
+        return elbo_linear(params, fixed, x.mean(1), second, config.likelihood_std)
+    return elbo_quadrature(params, fixed, x, nonlinearity, config.likelihood_std,
                            config.quadrature_nodes)
 
 
 def train_batch(batch: Batch, config: UniquenessConfig, nonlinearity: str,
                 progress: tqdm | None = None, frozen: tuple[str, ...] = (),
                 elbo: ElboFunction = batch_elbo) -> None:
-    """Full-batch Adam on −ELBO; trial t uses lr·10^-⌊s/n_t⌋ and stops after decays·n_t.
+    """Full-batch Adam (or, with ``config.optimizer`` "gd", plain gradient descent) on
+    −ELBO; trial t uses lr·10^-⌊s/n_t⌋ and stops after decays·n_t steps.
 
     Adam runs on all parameters of a trial as one flat vector (elementwise, so this is the
     same update as one Adam per tensor, with far fewer small tensor operations per step).
@@ -175,9 +191,13 @@ def train_batch(batch: Batch, config: UniquenessConfig, nonlinearity: str,
         with torch.no_grad():
             torch.cat([gk[start:].reshape(T - start, -1) for gk in grads], 1, out=g[start:])
             lr = lr_all[torch.div(step, batch.n[start:], rounding_mode="floor").cpu()]
-            lr = (lr / (1 - 0.9 ** (step + 1))).to(dtype=dtype, device=g.device)
-            _adam_update(g[start:], m1[start:], m2[start:], lr, step, update[start:],
-                         scratch[start:])
+            if config.optimizer == "gd":
+                torch.mul(g[start:], lr.to(dtype=dtype, device=g.device)[:, None],
+                          out=update[start:])
+            else:
+                lr = (lr / (1 - 0.9 ** (step + 1))).to(dtype=dtype, device=g.device)
+                _adam_update(g[start:], m1[start:], m2[start:], lr, step, update[start:],
+                             scratch[start:])
             for k, u in zip(names, update[start:].split(sizes, 1), strict=True):
                 batch.params[k][start:].sub_(u.view_as(batch.params[k][start:]))
         if progress is not None:
