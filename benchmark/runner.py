@@ -4,15 +4,20 @@ A *job* is a group of runs that share split, architecture, objective (and its op
 training settings and the iteration they start from; it trains as one stacked model in
 one process on one device (``benchmark.trainer.train_group``). Jobs are dispatched with
 joblib: in-process for one worker, ``loky`` processes for several (one per listed
-device), or a Dask cluster through joblib's Dask backend at an address the user gives.
+device; a job runs on the device of a free worker slot), or a Dask cluster through
+joblib's Dask backend at an address the user gives.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import itertools
 import os
 import sys
+import tempfile
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -257,14 +262,46 @@ def dispatch(jobs: list[Job], devices: list[str], workers: int, backend: str,
             bar.update()
     else:
         threads = max(1, (os.cpu_count() or 1) // workers)
-        calls = (delayed(run_job)(job, devices[i % len(devices)], False, threads)
-                 for i, job in enumerate(jobs))
-        for out in Parallel(n_jobs=workers, backend="loky", return_as="generator_unordered")(
-                calls):
-            results += out
-            bar.update()
+        slots = [devices[i % len(devices)] for i in range(workers)]
+        with tempfile.TemporaryDirectory(prefix="rdbench-slots-") as slot_dir:
+            calls = (delayed(run_job_in_slot)(job, slot_dir, slots, threads) for job in jobs)
+            for out in Parallel(n_jobs=workers, backend="loky",
+                                return_as="generator_unordered")(calls):
+                results += out
+                bar.update()
     bar.close()
     return results
+
+
+def run_job_in_slot(job: Job, slot_dir: str, slots: list[str], threads: int
+                    ) -> list[tuple[str, str]]:
+    """``run_job`` on the device of the first free slot (one slot per loky worker).
+
+    Devices go with slots, not with job numbers: handing job i the device i mod n would,
+    once jobs differ in length, start a job on a GPU that is still busy while another idles.
+    """
+    with claim_slot(Path(slot_dir), len(slots)) as i:
+        return run_job(job, slots[i], False, threads)
+
+
+@contextlib.contextmanager
+def claim_slot(slot_dir: Path, n: int) -> Iterator[int]:
+    """Hold the first of slots 0..n−1 that no one holds (an flock on ``slot_dir/slot-i``,
+    freed on exit, and by the OS if the process dies); RuntimeError when all n are held,
+    which dispatch rules out by running at most n jobs at once."""
+    for i in range(n):
+        fd = os.open(slot_dir / f"slot-{i}", os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            continue
+        try:
+            yield i
+        finally:
+            os.close(fd)
+        return
+    raise RuntimeError(f"all {n} device slots are busy: more jobs at once than workers")
 
 
 def check_backend(backend: str, scheduler: str | None, devices: list[str], workers: int | None

@@ -462,3 +462,20 @@ def test_resuming_without_runs_dropped_from_the_grid_says_so(tiny_dataset, tmp_p
     assert main(["train", str(fewer), "--out", str(out)]) == 0
     said = "1 run(s) resume without 1 run(s) they trained with" in capsys.readouterr().err
     assert said == note
+
+
+def test_claim_slot_takes_the_first_free_slot_and_frees_it(tmp_path):
+    """Jobs take devices by free slot: held slots are skipped, a freed one is taken again,
+    and a claim with every slot held is an error rather than a doubly booked device."""
+    from benchmark.runner import claim_slot
+
+    with claim_slot(tmp_path, 3) as a, claim_slot(tmp_path, 3) as b:
+        assert (a, b) == (0, 1)
+        with claim_slot(tmp_path, 3) as c:
+            assert c == 2
+            with pytest.raises(RuntimeError, match="busy"), claim_slot(tmp_path, 3):
+                pass
+    with claim_slot(tmp_path, 3) as a:
+        assert a == 0
+        with claim_slot(tmp_path, 3) as b:
+            assert b == 1
