@@ -57,6 +57,8 @@ from analysis.kp.uniqueness_training import (
     batch_elbo,
     build_batch,
     encoder_means,
+    evaluate_batch,
+    set_generating_decoder,
     train_batch,
 )
 from rdbench.cli import main as rdbench_main
@@ -723,3 +725,20 @@ def test_several_decoder_stds_run_once_each_and_are_compared(tmp_path, monkeypat
     assert uniqueness.main(alone) == 0
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "alone" / "trials.csv"),
                                   pd.read_csv(run / "decoder-std-0.3" / "trials.csv"))
+
+
+def test_decoder_sv_min_flags_a_collapsed_latent() -> None:
+    """The generating decoder A = W = Q diag(2, 1) has singular values 2 and 1; a rank-one A
+    has 0, and the summary counts such trials as collapsed."""
+    config = UniquenessConfig(schedule=((1, 2),), nonlinearities=("tanh",), n_points=50,
+                              dtype="float64")
+    batch = build_batch(config, "tanh", CPU)
+    set_generating_decoder(batch, config, "tanh")
+    table = evaluate_batch(batch, config, "tanh")
+    assert table["decoder_sv_min"].to_numpy() == pytest.approx([1.0] * 4)
+    with torch.no_grad():
+        batch.params["A"][:2, :, 1] = 0.0        # trial 0, both Σ: the second latent unused
+    table = evaluate_batch(batch, config, "tanh")
+    assert table["decoder_sv_min"].to_numpy() == pytest.approx([0, 0, 1, 1], abs=1e-12)
+    summary = summarise(table.assign(iterations=5))
+    assert summary["collapsed"].tolist() == [1, 1]

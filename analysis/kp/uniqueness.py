@@ -49,7 +49,8 @@ from rdbench.io import InputError, atomic_write_json, atomic_write_text, staged_
 
 def run_experiment(config: UniquenessConfig, device: torch.device,
                    progress: bool = True) -> pd.DataFrame:
-    """Train and evaluate every trial; one row per trial (see ``TRIAL_COLUMNS``)."""
+    """Train and evaluate every trial; one row per trial (see ``TRIAL_COLUMNS``, then
+    ``DIAGNOSTIC_COLUMNS``)."""
     return run_trials(config, device, progress)
 
 
@@ -165,7 +166,8 @@ def _run_into(directory: Path, config: UniquenessConfig, device: torch.device,
                                                                                  device)
     seconds = time.perf_counter() - started
     summary = summarise(trials)
-    atomic_write_text(directory / "trials.csv", trials.to_csv(index=False, float_format="%.6g"))
+    atomic_write_text(directory / "trials.csv", trials[list(TRIAL_COLUMNS)].to_csv(
+        index=False, float_format="%.6g"))
     atomic_write_text(directory / "summary.csv", summary.to_csv(index=False,
                                                                 float_format="%.4g"))
     atomic_write_text(directory / "summary.md", summary_markdown(summary, config, seconds,

@@ -27,8 +27,14 @@ def top_quarter(trials: pd.DataFrame) -> pd.DataFrame:
     return trials.nlargest(math.ceil(len(trials) / 4), "elbo")
 
 
+# A trial whose decoder A has a singular value below this has dropped a latent.
+COLLAPSED_SV = 0.01
+
+
 def summarise(trials: pd.DataFrame) -> pd.DataFrame:
-    """One row per (nonlinearity, covariance): trial count, ELBO range, median |angle|s."""
+    """One row per (nonlinearity, covariance): trial count, ELBO range, median |angle|s, and
+    (when ``trials`` has ``decoder_sv_min``) how many trials, and how many of the top
+    quarter, have a collapsed latent."""
     rows = []
     for (nonlinearity, covariance), group in trials.groupby(["nonlinearity", "covariance"],
                                                             sort=False):
@@ -42,6 +48,10 @@ def summarise(trials: pd.DataFrame) -> pd.DataFrame:
                      "longest_iterations": longest["iterations"].iloc[0],
                      "longest_trials": len(longest),
                      "median_abs_angle_longest": longest["angle_deg"].abs().median()})
+        if "decoder_sv_min" in group:
+            rows[-1].update(collapsed=int((group["decoder_sv_min"] < COLLAPSED_SV).sum()),
+                            collapsed_top_quarter=int((best["decoder_sv_min"]
+                                                       < COLLAPSED_SV).sum()))
     return _sorted_by_nu(pd.DataFrame(rows), "covariance")
 
 
@@ -71,6 +81,11 @@ def summary_markdown(summary: pd.DataFrame, config: Any, seconds: float, device:
                      f"{r.median_abs_angle_top_quarter:.2f}° | {r.median_abs_angle_all:.2f}° | "
                      f"{r.median_abs_angle_longest:.2f}° ({r.longest_trials} × "
                      f"{r.longest_iterations} steps) |")
+    if summary.get("collapsed", pd.Series(dtype=int)).sum():
+        lines += ["", "Trials whose decoder ignores a latent (singular value of A below "
+                  f"{COLLAPSED_SV:g}; their angle describes one axis only): " + ", ".join(
+                      f"{r.nonlinearity} {r.covariance} {r.collapsed}/{r.trials}"
+                      for r in summary.itertuples() if r.collapsed) + "."]
     return "\n".join(lines) + "\n"
 
 
@@ -219,12 +234,23 @@ def sigma_markdown(summary: pd.DataFrame, config: Any, inference: str = "amortis
                          ("median_abs_angle_longest", "longest-trained trials")):
         lines += ["", f"**{what}**", "", "| ν | " + " | ".join(f"σ = {s}" for s in sigmas)
                   + " |", "|---|" + "---:|" * len(sigmas)]
-        cells = summary.set_index(["nonlinearity", "covariance", "decoder_std"])[column]
+        cells = summary.set_index(["nonlinearity", "covariance", "decoder_std"])
         for name in [n for n in ORDER if n in set(summary["nonlinearity"])]:
             lines.append(f"| {name} | " + " | ".join(
-                f"{cells[name, 'diagonal', s]:.1f}° / {cells[name, 'full', s]:.1f}°"
+                " / ".join(f"{cells.at[(name, cov, s), column]:.1f}°"
+                           + ("†" if _mostly_collapsed(cells.loc[(name, cov, s)]) else "")
+                           for cov in ("diagonal", "full"))
                 for s in sigmas) + " |")
+    lines += ["", f"† most of the highest-ELBO quarter has a collapsed latent (a singular "
+              f"value of A below {COLLAPSED_SV:g}): the decoder uses one axis, and the angle "
+              "describes that axis only."]
     return "\n".join(lines) + "\n"
+
+
+def _mostly_collapsed(row: pd.Series) -> bool:
+    """Whether most of a setting's highest-ELBO quarter dropped a latent."""
+    quarter = math.ceil(row["trials"] / 4)
+    return bool(row.get("collapsed_top_quarter", 0) > quarter / 2)
 
 
 def plot_decoder_std(summary: pd.DataFrame, stem: str | Path) -> list[Path]:
@@ -244,12 +270,18 @@ def plot_decoder_std(summary: pd.DataFrame, stem: str | Path) -> list[Path]:
                            & (summary["covariance"] == covariance)].set_index("decoder_std")
             x = range(len(sigmas))
             ax.plot(x, rows.loc[sigmas, "median_abs_angle_top_quarter"], **style)
+            hollow = [i for i, s in enumerate(sigmas) if _mostly_collapsed(rows.loc[s])]
+            ax.scatter(hollow, rows.loc[[sigmas[i] for i in hollow],
+                                        "median_abs_angle_top_quarter"],
+                       s=60, facecolors="white", edgecolors=style["color"],
+                       marker=style["marker"], zorder=3)
             ax.plot(x, rows.loc[sigmas, "median_abs_angle_longest"], linestyle="--",
                     alpha=0.5, color=style["color"], marker=style["marker"], markersize=3)
         ax.set(xticks=range(len(sigmas)), xticklabels=sigmas, ylim=(0, 45),
                yticks=range(0, 46, 15), title=f"ν = {name}", xlabel="decoder σ")
     axes[0, 0].set_ylabel("median |angle| (degrees)")
     axes[0, -1].legend(loc="upper right", fontsize=7)
-    fig.suptitle("solid: highest-ELBO quarter; dashed: longest-trained trials", fontsize=9)
+    fig.suptitle("solid: highest-ELBO quarter (hollow: mostly a collapsed latent); dashed: "
+                 "longest-trained trials", fontsize=9)
     fig.tight_layout()
     return save(fig, stem)

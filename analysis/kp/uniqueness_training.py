@@ -75,6 +75,10 @@ class UniquenessConfig:
 
 
 TRIAL_COLUMNS = ("nonlinearity", "covariance", "iterations", "trial", "elbo", "angle_deg")
+# Beside them in memory (not in trials.csv): the smaller singular value of the learned A. A
+# latent the decoder ignores (σ above a signal direction's scale drops it, as in PPCA) has
+# ~0; the angle then describes one axis only.
+DIAGNOSTIC_COLUMNS = ("decoder_sv_min",)
 
 
 # ----------------------------------------------------------------------------- training
@@ -225,13 +229,16 @@ def encoder_means(batch: Batch) -> torch.Tensor:
 def evaluate_batch(batch: Batch, config: UniquenessConfig, nonlinearity: str,
                    chunk: int = 16, elbo: ElboFunction = batch_elbo,
                    means: Callable[[Batch], torch.Tensor] = encoder_means) -> pd.DataFrame:
-    """Final ELBO (float64, 32 quadrature nodes) and Procrustes angle of every trial.
+    """Final ELBO (float64, 32 quadrature nodes), Procrustes angle and ``decoder_sv_min``
+    (see ``DIAGNOSTIC_COLUMNS``) of every trial.
 
     ``elbo`` and ``means`` are those of the batch's variational family (default: the
     amortised encoder's); the angle is between the true z and the posterior means."""
     exact = replace(config, quadrature_nodes=32, dtype="float64")
     elbos, angles = [], []
     with torch.no_grad():
+        A = batch.params["A"] @ batch.fixed["O_A"].mT                  # the decoder's A
+        sv_min = torch.linalg.svdvals(A.double())[:, -1]
         for lo in range(0, len(batch.rows), chunk):
             part = Batch(rows=batch.rows[lo:lo + chunk],
                          params={k: v[lo:lo + chunk].double() for k, v in batch.params.items()},
@@ -243,6 +250,7 @@ def evaluate_batch(batch: Batch, config: UniquenessConfig, nonlinearity: str,
     table = pd.DataFrame(batch.rows)
     table["elbo"] = torch.cat(elbos).cpu().numpy()
     table["angle_deg"] = torch.cat(angles).cpu().numpy()
+    table["decoder_sv_min"] = sv_min.cpu().numpy()
     return table
 
 
@@ -253,7 +261,7 @@ def run_trials(config: UniquenessConfig, device: torch.device, progress: bool = 
                desc: str = "kp uniqueness") -> pd.DataFrame:
     """Train and evaluate every trial of ``config``, one batch per ν, with the variational
     family given by ``build``, ``elbo`` and ``means`` (default: the amortised encoder's);
-    one row per trial, columns ``TRIAL_COLUMNS``."""
+    one row per trial, columns ``TRIAL_COLUMNS`` and ``DIAGNOSTIC_COLUMNS``."""
     steps = config.decays * max(n for n, _ in config.schedule)
     tables = []
     with tqdm(total=steps * len(config.nonlinearities), desc=desc, unit="step",
@@ -265,4 +273,4 @@ def run_trials(config: UniquenessConfig, device: torch.device, progress: bool = 
             tables.append(evaluate_batch(batch, config, nonlinearity, elbo=elbo, means=means))
     table = pd.concat(tables, ignore_index=True)
     return table.sort_values(["nonlinearity", "covariance", "iterations", "trial"],
-                             ignore_index=True)[list(TRIAL_COLUMNS)]
+                             ignore_index=True)[[*TRIAL_COLUMNS, *DIAGNOSTIC_COLUMNS]]
