@@ -11,7 +11,6 @@ joblib's Dask backend at an address the user gives.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import itertools
 import os
 import sys
@@ -25,7 +24,7 @@ from typing import Any
 from benchmark import runs as runs_io
 from benchmark.config import GridConfig
 from rdbench.device import resolve_device
-from rdbench.io import InputError, json_or_none
+from rdbench.io import InputError, exclusive_lock, json_or_none
 
 
 @dataclass(frozen=True)
@@ -188,7 +187,25 @@ def _model_of(run: dict[str, Any]) -> Any:
 
 def run_job(job: Job, device: str, progress: bool = True, threads: int | None = None
             ) -> list[tuple[str, str]]:
-    """Train one job, writing checkpoints, history, models and statuses as it goes."""
+    """Train one job, writing checkpoints, history, models and statuses as it goes.
+
+    Each run directory is leased for the job (an flock on ``RUN/.lock``, freed by the OS if
+    the process dies): a job whose runs another process is still training, such as a Dask
+    task left running on a worker after its client was killed, touches nothing and reports
+    its runs as ``busy``."""
+    outputs = job.outputs()  # per trained run: its directory, then those of its copies
+    dirs = list(itertools.chain.from_iterable(outputs))
+    with contextlib.ExitStack() as leases:
+        if not all([leases.enter_context(exclusive_lock(d / LEASE)) for d in dirs]):
+            return [(d.name, "busy") for d in dirs]
+        return _train_job(job, outputs, device, progress, threads)
+
+
+LEASE = ".lock"  # in a run directory: held while a process trains the run
+
+
+def _train_job(job: Job, outputs: list[list[Path]], device: str, progress: bool,
+               threads: int | None) -> list[tuple[str, str]]:
     import numpy as np
     import torch
 
@@ -199,7 +216,6 @@ def run_job(job: Job, device: str, progress: bool = True, threads: int | None = 
         torch.set_num_threads(threads)
     data = tetrominoes.load_verified(job.dataset)  # a worker may see another copy (Dask)
     images = np.ascontiguousarray(data.images[data.split(job.split).train])  # (N, 32, 32, 3)
-    outputs = job.outputs()  # per trained run: its directory, then those of its copies
     for d in itertools.chain.from_iterable(outputs):
         runs_io.rewind(d, job.start)
     states = [runs_io.load_checkpoint(dirs[0]) for dirs in outputs] if job.start else None
@@ -286,20 +302,20 @@ def run_job_in_slot(job: Job, slot_dir: str, slots: list[str], threads: int
 
 @contextlib.contextmanager
 def claim_slot(slot_dir: Path, n: int) -> Iterator[int]:
-    """Hold the first of slots 0..n−1 that no one holds (an flock on ``slot_dir/slot-i``,
-    freed on exit, and by the OS if the process dies); RuntimeError when all n are held,
-    which dispatch rules out by running at most n jobs at once."""
+    """Hold the first of slots 0..n−1 that no one holds (a file ``slot_dir/slot-i`` created
+    exclusively, removed on exit); RuntimeError when all n are held, which dispatch rules
+    out by running at most n jobs at once. (A worker that dies ends the whole dispatch, so
+    a slot it leaves behind is never waited for.)"""
     for i in range(n):
-        fd = os.open(slot_dir / f"slot-{i}", os.O_RDWR | os.O_CREAT, 0o666)
+        path = slot_dir / f"slot-{i}"
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL))
+        except FileExistsError:
             continue
         try:
             yield i
         finally:
-            os.close(fd)
+            path.unlink(missing_ok=True)
         return
     raise RuntimeError(f"all {n} device slots are busy: more jobs at once than workers")
 

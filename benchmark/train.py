@@ -14,7 +14,7 @@ from benchmark import runs as runs_io
 from benchmark.config import GridConfig, expand, load_grid, parse_devices
 from benchmark.runner import Job, check_backend, connect, dispatch, plan
 from rdbench.device import resolve_device
-from rdbench.io import InputError, atomic_write_json, check_output_dir
+from rdbench.io import InputError, atomic_write_json, check_output_dir, exclusive_lock
 
 _MARKER = "grids"  # RUNS_DIR/grids/<name>.json marks a directory rdbench trains into
 
@@ -57,17 +57,10 @@ def _train(grid: GridConfig, runs: list[dict], jobs: list[Job], skipped: dict, r
 def runs_lock(lock: Path) -> Iterator[None]:
     """Hold an exclusive lock on the runs directory: two ``rdbench train`` writing the same
     runs would rewind each other's checkpoints. Released by the OS if the process dies."""
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: no lock
-        yield
-        return
-    with lock.open("a") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+    with exclusive_lock(lock) as held:
+        if not held:
             raise InputError(f"another `rdbench train` is writing to {lock.parent.parent}; "
-                             "wait for it (or stop it) and run again") from None
+                             "wait for it (or stop it) and run again")
         yield
 
 
@@ -160,4 +153,8 @@ def _summarise(results: list[tuple[str, str]], skipped: dict, runs_dir: Path) ->
     for run_id in failed:
         reason = runs_io.read_status(runs_dir / run_id)["reason"]
         print(f"  failed {run_id}: {reason}", file=sys.stderr)
+    if counts["busy"]:
+        print(f"rdbench train: {counts['busy']} runs were left alone because another process "
+              "is training them (an earlier `rdbench train`, or its Dask tasks, still "
+              "running?); run the grid again once that has finished", file=sys.stderr)
     return 0

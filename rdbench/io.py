@@ -101,6 +101,25 @@ def atomic_torch_save(path: str | os.PathLike, obj: Any) -> Path:
     return atomic_write(path, lambda f: torch.save(obj, f))
 
 
+@contextlib.contextmanager
+def exclusive_lock(path: str | os.PathLike) -> Iterator[bool]:
+    """Try to hold an exclusive ``flock`` on ``path`` (created if absent) for the with-block,
+    without waiting: yields True when held, False when another process holds it. The OS
+    frees it when its holder dies. Where there is no ``flock`` (not POSIX) it yields True."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX: no locking
+        yield True
+        return
+    with open(path, "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+
+
 def read_json(path: str | os.PathLike) -> Any:
     """Read a JSON file; a missing or unparsable file is an :class:`InputError`."""
     path = Path(path)

@@ -479,3 +479,33 @@ def test_claim_slot_takes_the_first_free_slot_and_frees_it(tmp_path):
         assert a == 0
         with claim_slot(tmp_path, 3) as b:
             assert b == 1
+
+
+def test_runs_another_process_is_training_are_left_alone(tiny_dataset, tmp_path, capsys):
+    """A run leased by someone else (say a Dask task still running after its client died)
+    is not touched: its job reports busy and writes nothing; once the lease is free, a
+    re-run trains everything."""
+    from benchmark.runner import LEASE
+    from rdbench.io import exclusive_lock
+
+    config = _write_grid(tmp_path / "g.toml", tiny_dataset, betas=[1.0], seeds=[0],
+                         splits=["random", "checkerboard"])
+    out = tmp_path / "runs"
+    assert main(["train", str(config), "--out", str(out)]) == 0
+    first = sorted(runs_io.find_runs(out))
+    for d in first:                        # start over with both runs pending
+        for name in ("model.pt", "history.csv"):
+            (d / name).unlink()
+        runs_io.write_status(d, "pending", 0)
+    held = first[0]
+    capsys.readouterr()
+    with exclusive_lock(held / LEASE) as mine:
+        assert mine
+        assert main(["train", str(config), "--out", str(out)]) == 0
+        err = capsys.readouterr().err
+        assert "1 runs were left alone" in err and "done 1" in err
+        assert runs_io.read_status(held)["status"] == "pending"
+        assert not (held / "model.pt").exists() and not (held / "history.csv").exists()
+        assert runs_io.read_status(first[1])["status"] == "done"
+    assert main(["train", str(config), "--out", str(out)]) == 0
+    assert set(_statuses(out).values()) == {"done"}
