@@ -113,6 +113,8 @@ def _register_kp(commands: argparse._SubParsersAction) -> None:
                    metavar="SIGMA", help="σ of the decoder's Gaussian likelihood: a number "
                    "(default 0.05, the data's noise) or 'learned' (the ELBO-maximising σ, in "
                    "closed form); several values run the experiment once for each and compare")
+    q.add_argument("--max-trials", type=int, default=None, metavar="K",
+                   help="at most K trials per n (the paper's schedules, fewer trials)")
     q.add_argument("--optimizer", choices=("adam", "gd"), default="adam",
                    help="full-batch Adam (default) or the paper's plain gradient descent, "
                    "which is stable only with a σ well above 0.05 (e.g. learned)")

@@ -523,7 +523,7 @@ def _orientation_args(out, **kwargs) -> argparse.Namespace:
 def test_orientation_main_validates_then_writes_its_files(tmp_path, monkeypatch) -> None:
     for bad in ({"orientations": 0.0}, {"orientations": 120.0}, {"seed": -1},
                 {"device": "tpu"}, {"decoder_std": [0.0]}, {"decoder_std": [math.inf]},
-                {"decoder_std": ["fitted"]}):
+                {"decoder_std": ["fitted"]}, {"max_trials": 0}, {"max_trials": 3}):
         with pytest.raises(InputError):
             uniqueness.main(_orientation_args(tmp_path / "bad", **bad))
     assert not (tmp_path / "bad").exists()
@@ -720,7 +720,16 @@ def test_several_decoder_stds_run_once_each_and_are_compared(tmp_path, monkeypat
     table = pd.read_csv(run / "decoder_std.csv", dtype={"decoder_std": str})
     assert list(dict.fromkeys(table["decoder_std"])) == ["0.05", "0.3", "learned"]
     assert "σ = learned" in (run / "decoder_std.md").read_text()
+    monkeypatch.setattr(uniqueness, "make_config", lambda quick, seed: UniquenessConfig(
+        schedule=((3, 3), (4, 2)), nonlinearities=("identity", "tanh"), n_points=100))
+    capped = _orientation_args(tmp_path / "capped", orientations=None, max_trials=1)
+    assert uniqueness.main(capped) == 0
+    assert len(pd.read_csv(tmp_path / "capped" / "trials.csv")) == 2 * 2 * 2  # 1 per n
+    assert json.loads((tmp_path / "capped" / "config.json").read_text())["schedule"] == [
+        [3, 1], [4, 1]]
     # the same σ alone gives the same trials as inside the comparison
+    monkeypatch.setattr(uniqueness, "make_config", lambda quick, seed: UniquenessConfig(
+        schedule=((3, 1), (4, 1)), nonlinearities=("identity", "tanh"), n_points=100))
     alone = _orientation_args(tmp_path / "alone", orientations=None, decoder_std=[0.3])
     assert uniqueness.main(alone) == 0
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "alone" / "trials.csv"),

@@ -98,7 +98,8 @@ def make_config(quick: bool, seed: int) -> UniquenessConfig:
 
 def main(args: argparse.Namespace) -> int:
     """``rdbench kp uniqueness --out DIR [--quick] [--seed S] [--device D] [--force]
-    [--decoder-std SIGMA ...] [--optimizer adam|gd] [--orientations [STEP] | --unamortised]``;
+    [--decoder-std SIGMA ...] [--optimizer adam|gd] [--max-trials K]
+    [--orientations [STEP] | --unamortised]``;
     with ``--orientations`` the orientation sweep runs instead, with ``--unamortised`` the
     same trials with per-point posteriors. Several ``--decoder-std`` values run the whole
     experiment once per value, each into ``DIR/decoder-std-<σ>``, and compare them."""
@@ -116,6 +117,13 @@ def main(args: argparse.Namespace) -> int:
     names = getattr(args, "nonlinearities", None)
     if names:  # UniquenessConfig rejects unknown names
         config = replace(config, nonlinearities=tuple(dict.fromkeys(names)))
+    max_trials = getattr(args, "max_trials", None)
+    if max_trials is not None:
+        if max_trials < 1 or orientations is not None:
+            raise InputError("--max-trials must be ≥ 1 and does not apply to --orientations"
+                             f" (got {max_trials})")
+        config = replace(config, schedule=tuple((n, min(trials, max_trials))
+                                                for n, trials in config.schedule))
     stds = sorted(dict.fromkeys(getattr(args, "decoder_std", None) or [config.decoder_std]),
                   key=lambda std: (std == "learned", 0.0 if std == "learned" else std))
     configs = [replace(config, decoder_std=std) for std in stds]  # each validates its σ
