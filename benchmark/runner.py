@@ -194,14 +194,24 @@ def run_job(job: Job, device: str, progress: bool = True, threads: int | None = 
     task left running on a worker after its client was killed, touches nothing and reports
     its runs as ``busy``."""
     outputs = job.outputs()  # per trained run: its directory, then those of its copies
-    dirs = list(itertools.chain.from_iterable(outputs))
+    dirs = list(dict.fromkeys(itertools.chain.from_iterable(outputs)))
     with contextlib.ExitStack() as leases:
         if not all([leases.enter_context(exclusive_lock(d / LEASE)) for d in dirs]):
             return [(d.name, "busy") for d in dirs]
+        if any(_moved_on(d, job.start) for d in dirs):
+            return [(d.name, "stale") for d in dirs]
         return _train_job(job, outputs, device, progress, threads)
 
 
 LEASE = ".lock"  # in a run directory: held while a process trains the run
+
+
+def _moved_on(run_dir: Path, start: int) -> bool:
+    """Whether the run has changed since the grid was planned (another process trained it
+    meanwhile): it has finished, or the checkpoint the job would resume from is gone."""
+    if runs_io.read_status(run_dir)["status"] in ("done", "failed"):
+        return True
+    return start > 0 and start not in runs_io.checkpoints(run_dir)[0]
 
 
 def _train_job(job: Job, outputs: list[list[Path]], device: str, progress: bool,
@@ -296,17 +306,19 @@ def run_job_in_slot(job: Job, slot_dir: str, slots: list[str], threads: int
     Devices go with slots, not with job numbers: handing job i the device i mod n would,
     once jobs differ in length, start a job on a GPU that is still busy while another idles.
     """
-    with claim_slot(Path(slot_dir), len(slots)) as i:
+    with claim_slot(Path(slot_dir), slots) as i:
         return run_job(job, slots[i], False, threads)
 
 
 @contextlib.contextmanager
-def claim_slot(slot_dir: Path, n: int) -> Iterator[int]:
-    """Hold the first of slots 0..n−1 that no one holds (a file ``slot_dir/slot-i`` created
-    exclusively, removed on exit); RuntimeError when all n are held, which dispatch rules
-    out by running at most n jobs at once. (A worker that dies ends the whole dispatch, so
-    a slot it leaves behind is never waited for.)"""
-    for i in range(n):
+def claim_slot(slot_dir: Path, slots: list[str]) -> Iterator[int]:
+    """Hold a slot no one holds (a file ``slot_dir/slot-i`` created exclusively, removed on
+    exit), on the device with the fewest slots held; RuntimeError when all are held, which
+    dispatch rules out by running at most len(slots) jobs at once. (A worker that dies ends
+    the whole dispatch, so a slot it leaves behind is never waited for.)"""
+    n = len(slots)
+    held = Counter(slots[i] for i in range(n) if (slot_dir / f"slot-{i}").exists())
+    for i in sorted(range(n), key=lambda i: (held[slots[i]], i)):
         path = slot_dir / f"slot-{i}"
         try:
             os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL))

@@ -153,8 +153,10 @@ def _summarise(results: list[tuple[str, str]], skipped: dict, runs_dir: Path) ->
     for run_id in failed:
         reason = runs_io.read_status(runs_dir / run_id)["reason"]
         print(f"  failed {run_id}: {reason}", file=sys.stderr)
-    if counts["busy"]:
-        print(f"rdbench train: {counts['busy']} runs were left alone because another process "
-              "is training them (an earlier `rdbench train`, or its Dask tasks, still "
-              "running?); run the grid again once that has finished", file=sys.stderr)
+    if counts["busy"] or counts["stale"]:
+        print(f"rdbench train: {counts['busy'] + counts['stale']} run(s) left alone: another "
+              "process is training them or trained them after this grid was planned (an "
+              "earlier `rdbench train`, or its Dask tasks, still running?); run the grid "
+              "again once that has finished", file=sys.stderr)
+        return 1
     return 0

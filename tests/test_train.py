@@ -469,16 +469,49 @@ def test_claim_slot_takes_the_first_free_slot_and_frees_it(tmp_path):
     and a claim with every slot held is an error rather than a doubly booked device."""
     from benchmark.runner import claim_slot
 
-    with claim_slot(tmp_path, 3) as a, claim_slot(tmp_path, 3) as b:
+    slots = ["cuda:0", "cuda:1", "cuda:2"]
+    with claim_slot(tmp_path, slots) as a, claim_slot(tmp_path, slots) as b:
         assert (a, b) == (0, 1)
-        with claim_slot(tmp_path, 3) as c:
+        with claim_slot(tmp_path, slots) as c:
             assert c == 2
-            with pytest.raises(RuntimeError, match="busy"), claim_slot(tmp_path, 3):
+            with pytest.raises(RuntimeError, match="busy"), claim_slot(tmp_path, slots):
                 pass
-    with claim_slot(tmp_path, 3) as a:
+    with claim_slot(tmp_path, slots) as a:
         assert a == 0
-        with claim_slot(tmp_path, 3) as b:
+        with claim_slot(tmp_path, slots) as b:
             assert b == 1
+    # --workers 3 over two GPUs: with cuda:0's second slot busy, the next job goes to the
+    # idle cuda:1, not to cuda:0's free first slot
+    slots = ["cuda:0", "cuda:1", "cuda:0"]
+    with claim_slot(tmp_path, slots) as a, claim_slot(tmp_path, slots) as b:
+        assert [slots[a], slots[b]] == ["cuda:0", "cuda:1"]
+    (tmp_path / "slot-2").touch()                     # held by a job still running
+    with claim_slot(tmp_path, slots) as c:
+        assert slots[c] == "cuda:1"
+
+
+def test_a_job_planned_before_its_runs_were_trained_elsewhere_leaves_them(
+        tiny_dataset, tmp_path, capsys, monkeypatch):
+    """The plan is made before dispatch; if the runs finish elsewhere in between (an
+    orphaned Dask task), the job finds them moved on once it has the lease, and leaves them."""
+    import benchmark.train as train_module
+
+    config = _write_grid(tmp_path / "g.toml", tiny_dataset)
+    out = tmp_path / "runs"
+    real, seen = train_module.dispatch, {}
+
+    def twice(jobs, *args):
+        first = real(jobs, *args)
+        seen["models"] = {p: p.stat().st_mtime_ns for p in out.glob("*/model.pt")}
+        seen["second"] = real(jobs, *args)               # the same, now out-of-date, plan
+        return first + seen["second"]
+
+    monkeypatch.setattr(train_module, "dispatch", twice)
+    assert main(["train", str(config), "--out", str(out)]) == 1
+    assert {status for _, status in seen["second"]} == {"stale"}
+    assert seen["models"] == {p: p.stat().st_mtime_ns for p in out.glob("*/model.pt")}
+    assert set(_statuses(out).values()) == {"done"}
+    assert "4 run(s) left alone" in capsys.readouterr().err
 
 
 def test_runs_another_process_is_training_are_left_alone(tiny_dataset, tmp_path, capsys):
@@ -501,9 +534,9 @@ def test_runs_another_process_is_training_are_left_alone(tiny_dataset, tmp_path,
     capsys.readouterr()
     with exclusive_lock(held / LEASE) as mine:
         assert mine
-        assert main(["train", str(config), "--out", str(out)]) == 0
+        assert main(["train", str(config), "--out", str(out)]) == 1   # incomplete
         err = capsys.readouterr().err
-        assert "1 runs were left alone" in err and "done 1" in err
+        assert "1 run(s) left alone" in err and "done 1" in err
         assert runs_io.read_status(held)["status"] == "pending"
         assert not (held / "model.pt").exists() and not (held / "history.csv").exists()
         assert runs_io.read_status(first[1])["status"] == "done"
