@@ -751,3 +751,20 @@ def test_decoder_sv_min_flags_a_collapsed_latent() -> None:
     assert table["decoder_sv_min"].to_numpy() == pytest.approx([0, 0, 1, 1], abs=1e-12)
     summary = summarise(table.assign(iterations=5))
     assert summary["collapsed"].tolist() == [1, 1]
+
+
+def test_the_reported_learned_sigma_is_the_one_that_gives_the_learned_elbo() -> None:
+    """decoder_sigma of a learned-σ trial is the σ at which the fixed-σ ELBO equals (and so,
+    being the maximiser, reaches) the learned ELBO; a fixed σ is reported as given."""
+    config = UniquenessConfig(schedule=((1, 1),), nonlinearities=("tanh",), n_points=60,
+                              dtype="float64", decoder_std="learned")
+    batch = build_batch(config, "tanh", CPU)
+    learned = evaluate_batch(batch, config, "tanh")
+    for row in learned.itertuples():
+        at_sigma = evaluate_batch(batch, replace(config, decoder_std=row.decoder_sigma), "tanh")
+        assert at_sigma.at[row.Index, "elbo"] == pytest.approx(row.elbo, abs=1e-9)
+        for other in (0.9 * row.decoder_sigma, 1.1 * row.decoder_sigma):
+            fixed = evaluate_batch(batch, replace(config, decoder_std=other), "tanh")
+            assert fixed.at[row.Index, "elbo"] < row.elbo
+    fixed = evaluate_batch(batch, replace(config, decoder_std=0.05), "tanh")
+    assert fixed["decoder_sigma"].tolist() == [0.05, 0.05]

@@ -119,14 +119,15 @@ def main(args: argparse.Namespace) -> int:
         config = replace(config, nonlinearities=tuple(dict.fromkeys(names)))
     max_trials = getattr(args, "max_trials", None)
     if max_trials is not None:
-        if max_trials < 1 or orientations is not None:
-            raise InputError("--max-trials must be ≥ 1 and does not apply to --orientations"
-                             f" (got {max_trials})")
+        if orientations is not None:
+            raise InputError("--max-trials does not apply to --orientations (it has --quick)")
+        if max_trials < 1:
+            raise InputError(f"--max-trials must be ≥ 1, got {max_trials}")
         config = replace(config, schedule=tuple((n, min(trials, max_trials))
                                                 for n, trials in config.schedule))
-    stds = sorted(dict.fromkeys(getattr(args, "decoder_std", None) or [config.decoder_std]),
-                  key=lambda std: (std == "learned", 0.0 if std == "learned" else std))
-    configs = [replace(config, decoder_std=std) for std in stds]  # each validates its σ
+    stds = dict.fromkeys(getattr(args, "decoder_std", None) or [config.decoder_std])
+    configs = sorted((replace(config, decoder_std=std) for std in stds),  # each validates σ
+                     key=lambda c: (c.likelihood_std is None, c.likelihood_std or 0.0))
     if orientations is not None:
         if len(configs) > 1:
             raise InputError("--orientations takes one --decoder-std value")
@@ -156,8 +157,8 @@ def main(args: argparse.Namespace) -> int:
 
 def sigma_label(config: UniquenessConfig) -> str:
     """The decoder's σ as a name: "learned" or the number ("0.05")."""
-    std = config.decoder_std
-    return "learned" if std == "learned" else f"{float(std):g}"
+    std = config.likelihood_std
+    return "learned" if std is None else repr(std)  # repr: distinct for distinct floats
 
 
 def _run_into(directory: Path, config: UniquenessConfig, device: torch.device,

@@ -48,6 +48,8 @@ def summarise(trials: pd.DataFrame) -> pd.DataFrame:
                      "longest_iterations": longest["iterations"].iloc[0],
                      "longest_trials": len(longest),
                      "median_abs_angle_longest": longest["angle_deg"].abs().median()})
+        if "decoder_sigma" in group:
+            rows[-1]["decoder_sigma_median"] = group["decoder_sigma"].median()
         if "decoder_sv_min" in group:
             rows[-1].update(collapsed=int((group["decoder_sv_min"] < COLLAPSED_SV).sum()),
                             collapsed_top_quarter=int((best["decoder_sv_min"]
@@ -81,6 +83,10 @@ def summary_markdown(summary: pd.DataFrame, config: Any, seconds: float, device:
                      f"{r.median_abs_angle_top_quarter:.2f}° | {r.median_abs_angle_all:.2f}° | "
                      f"{r.median_abs_angle_longest:.2f}° ({r.longest_trials} × "
                      f"{r.longest_iterations} steps) |")
+    if "decoder_sigma_median" in summary and config.decoder_std == "learned":
+        lines += ["", "Learned decoder σ, median over trials: " + ", ".join(
+            f"{r.nonlinearity} {r.covariance} {r.decoder_sigma_median:.3f}"
+            for r in summary.itertuples()) + "."]
     if summary.get("collapsed", pd.Series(dtype=int)).sum():
         lines += ["", "Trials whose decoder ignores a latent (singular value of A below "
                   f"{COLLAPSED_SV:g}; their angle describes one axis only): " + ", ".join(

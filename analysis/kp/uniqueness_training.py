@@ -78,7 +78,7 @@ TRIAL_COLUMNS = ("nonlinearity", "covariance", "iterations", "trial", "elbo", "a
 # Beside them in memory (not in trials.csv): the smaller singular value of the learned A. A
 # latent the decoder ignores (σ above a signal direction's scale drops it, as in PPCA) has
 # ~0; the angle then describes one axis only.
-DIAGNOSTIC_COLUMNS = ("decoder_sv_min",)
+DIAGNOSTIC_COLUMNS = ("decoder_sv_min", "decoder_sigma")  # and the decoder's σ (learned or not)
 
 
 # ----------------------------------------------------------------------------- training
@@ -235,7 +235,7 @@ def evaluate_batch(batch: Batch, config: UniquenessConfig, nonlinearity: str,
     ``elbo`` and ``means`` are those of the batch's variational family (default: the
     amortised encoder's); the angle is between the true z and the posterior means."""
     exact = replace(config, quadrature_nodes=32, dtype="float64")
-    elbos, angles = [], []
+    elbos, angles, sigmas = [], [], []
     with torch.no_grad():
         A = batch.params["A"] @ batch.fixed["O_A"].mT                  # the decoder's A
         sv_min = torch.linalg.svdvals(A.double())[:, -1]
@@ -247,11 +247,26 @@ def evaluate_batch(batch: Batch, config: UniquenessConfig, nonlinearity: str,
                          n=batch.n[lo:lo + chunk])
             elbos.append(elbo(part, exact, nonlinearity))
             angles.append(procrustes_angle(part.z, means(part)))
+            sigmas.append(_decoder_sigma(part, exact, nonlinearity, elbo))
     table = pd.DataFrame(batch.rows)
     table["elbo"] = torch.cat(elbos).cpu().numpy()
     table["angle_deg"] = torch.cat(angles).cpu().numpy()
     table["decoder_sv_min"] = sv_min.cpu().numpy()
+    table["decoder_sigma"] = torch.cat(sigmas).cpu().numpy()
     return table
+
+
+def _decoder_sigma(batch: Batch, config: UniquenessConfig, nonlinearity: str,
+                   elbo: ElboFunction) -> torch.Tensor:
+    """The decoder σ of each trial, (T,): the fixed one, or the learned √(err/2).
+
+    err, the expected squared error, comes from the ELBO at σ = 1 and σ = 2, which differ
+    only in the likelihood term: ELBO(1) − ELBO(2) = −⅜ err + log 4."""
+    if config.likelihood_std is not None:
+        return torch.full((len(batch.rows),), config.likelihood_std, dtype=torch.float64)
+    gap = (elbo(batch, replace(config, decoder_std=1.0), nonlinearity)
+           - elbo(batch, replace(config, decoder_std=2.0), nonlinearity))
+    return ((math.log(4) - gap) / 0.375 / 2).sqrt()
 
 
 def run_trials(config: UniquenessConfig, device: torch.device, progress: bool = True, *,
