@@ -145,20 +145,14 @@ def main(args: argparse.Namespace) -> int:
         if len(configs) == 1:
             summary = _run_into(tmp, configs[0], device, inference)
         else:
-            summary = pd.concat([_run_into(tmp / f"decoder-std-{sigma_label(c)}", c, device,
-                                           inference).assign(decoder_std=sigma_label(c))
+            summary = pd.concat([_run_into(tmp / f"decoder-std-{c.decoder_label}", c, device,
+                                           inference).assign(decoder_std=c.decoder_label)
                                  for c in configs], ignore_index=True)
             _write_sigma_comparison(tmp, summary, configs[0], inference)
     seconds = time.perf_counter() - started
     print(summary.to_string(index=False, float_format=lambda v: f"{v:.3g}"))
     print(f"wrote {Path(args.out)} ({seconds:.0f} s on {device})")
     return 0
-
-
-def sigma_label(config: UniquenessConfig) -> str:
-    """The decoder's σ as a name: "learned" or the number ("0.05")."""
-    std = config.likelihood_std
-    return "learned" if std is None else repr(std)  # repr: distinct for distinct floats
 
 
 def _run_into(directory: Path, config: UniquenessConfig, device: torch.device,

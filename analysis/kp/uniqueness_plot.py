@@ -83,7 +83,7 @@ def summary_markdown(summary: pd.DataFrame, config: Any, seconds: float, device:
                      f"{r.median_abs_angle_top_quarter:.2f}° | {r.median_abs_angle_all:.2f}° | "
                      f"{r.median_abs_angle_longest:.2f}° ({r.longest_trials} × "
                      f"{r.longest_iterations} steps) |")
-    if "decoder_sigma_median" in summary and config.decoder_std == "learned":
+    if "decoder_sigma_median" in summary and config.likelihood_std is None:
         lines += ["", "Learned decoder σ, median over trials: " + ", ".join(
             f"{r.nonlinearity} {r.covariance} {r.decoder_sigma_median:.3f}"
             for r in summary.itertuples()) + "."]
@@ -97,8 +97,8 @@ def summary_markdown(summary: pd.DataFrame, config: Any, seconds: float, device:
 
 def decoder_sigma(config: Any) -> str:
     """The decoder likelihood's σ in words: "0.05 (fixed)" or "learned"."""
-    std = config.decoder_std
-    return "learned" if std == "learned" else f"{std:g} (fixed)"
+    fixed = config.likelihood_std is not None
+    return config.decoder_label + (" (fixed)" if fixed else "")
 
 
 def _elbo_limits(trials: pd.DataFrame) -> tuple[float, float]:

@@ -73,6 +73,12 @@ class UniquenessConfig:
         """The decoder likelihood's σ for the ELBO functions; None when it is learned."""
         return None if self.decoder_std == "learned" else float(self.decoder_std)
 
+    @property
+    def decoder_label(self) -> str:
+        """The decoder's σ as a name: "learned" or the number ("0.05"); repr, so distinct
+        values get distinct names (they name the directories of a run over several σ)."""
+        return "learned" if self.likelihood_std is None else repr(self.likelihood_std)
+
 
 TRIAL_COLUMNS = ("nonlinearity", "covariance", "iterations", "trial", "elbo", "angle_deg")
 # Beside them in memory (not in trials.csv): the smaller singular value of the learned A. A
