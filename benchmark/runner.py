@@ -61,8 +61,8 @@ def plan(grid: GridConfig, runs: list[dict[str, Any]], runs_dir: Path) -> tuple[
     finished: set[str] = set()
     for run in runs:
         run_dir = Path(runs_dir) / run["run_id"]
-        status = runs_io.read_status(run_dir)["status"] if run_dir.exists() else "pending"
-        if status in ("done", "failed"):
+        status = runs_io.read_status(run_dir)["status"]
+        if status in runs_io.FINISHED:
             skipped[status] += 1
             finished.add(run["run_id"])
             continue
@@ -98,7 +98,7 @@ def _warn_if_regrouped(members: list[dict[str, Any]], groups: dict[str, tuple[st
     ids = {r["run_id"] for r in members}
     models = {_model_of(r) for r in members}
     missing = {m for m in set().union(*(groups[i] for i in ids)) - ids - finished
-               if runs_io.read_status(Path(runs_dir) / m)["status"] not in ("done", "failed")
+               if not runs_io.is_finished(Path(runs_dir) / m)
                and _model_of(json_or_none(Path(runs_dir) / m / "config.json") or
                              {"run_id": m}) not in models}
     if missing:
@@ -209,7 +209,7 @@ LEASE = ".lock"  # in a run directory: held while a process trains the run
 def _moved_on(run_dir: Path, start: int) -> bool:
     """Whether the run has changed since the grid was planned (another process trained it
     meanwhile): it has finished, or the checkpoint the job would resume from is gone."""
-    if runs_io.read_status(run_dir)["status"] in ("done", "failed"):
+    if runs_io.is_finished(run_dir):
         return True
     return start > 0 and start not in runs_io.checkpoints(run_dir)[0]
 

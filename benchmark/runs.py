@@ -34,6 +34,7 @@ from rdbench.io import (
 )
 
 STATUSES = ("pending", "running", "done", "failed")
+FINISHED = ("done", "failed")  # a run in one of these is never trained again
 
 
 def find_runs(runs_dir: str | Path) -> list[Path]:
@@ -55,6 +56,11 @@ def read_status(run_dir: str | Path) -> dict[str, Any]:
     return read_json(path)
 
 
+def is_finished(run_dir: str | Path) -> bool:
+    """Whether the run has ended (``FINISHED``); a run without a status is pending."""
+    return read_status(run_dir)["status"] in FINISHED
+
+
 def write_status(run_dir: Path, status: str, iteration: int, reason: str | None = None) -> None:
     assert status in STATUSES, status
     atomic_write_json(run_dir / "status.json",
@@ -69,7 +75,7 @@ def create_run(runs_dir: Path, config: dict[str, Any]) -> Path:
     if not (run_dir / "config.json").exists():
         atomic_write_json(run_dir / "config.json", config)
         write_status(run_dir, "pending", 0)
-    elif read_status(run_dir)["status"] in ("done", "failed"):
+    elif is_finished(run_dir):
         for name in CHECKPOINTS:
             (run_dir / name).unlink(missing_ok=True)
     return run_dir
