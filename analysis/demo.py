@@ -107,7 +107,7 @@ def check_previous_demo(out: Path) -> None:
 def _not_of_kind(path: Path, kind: str) -> str | None:
     """Why ``path`` is not an intact rdbench output of ``kind`` (or of a sub-kind, such as
     ``kp-objectives`` of ``kp``), or None when it is, is empty or is absent."""
-    if not path.exists() or (path.is_dir() and not any(path.iterdir())):
+    if _absent_or_empty(path):
         return None
     found = output_kind(path) if path.is_dir() else None
     if found is None or not (found == kind or found.startswith(f"{kind}-")):
@@ -118,7 +118,7 @@ def _not_of_kind(path: Path, kind: str) -> str | None:
 
 def _not_demo_runs(runs: Path) -> str | None:
     """Why ``runs`` is not (only) the demo grid's runs directory, or None when it is."""
-    if not runs.exists() or (runs.is_dir() and not any(runs.iterdir())):
+    if _absent_or_empty(runs):
         return None
     grids = runs / "grids"  # benchmark.train's marker: RUNS_DIR/grids/<name>.json
     if not runs.is_dir() or not grids.is_dir():
@@ -143,7 +143,12 @@ def _leftover(path: Path) -> bool:
     """A temporary entry of a killed atomic write or staged output (``.NAME.<hex>.tmp``,
     ``.partial``, ``.old-<hex>``), the train lock, or a run directory killed before its
     config.json was written: rdbench's own debris."""
-    return bool(_DEBRIS.match(path.name)) or (path.is_dir() and not any(path.iterdir()))
+    return bool(_DEBRIS.match(path.name)) or _absent_or_empty(path)
+
+
+def _absent_or_empty(path: Path) -> bool:
+    """Nothing there: no such path, or an empty directory."""
+    return not path.exists() or (path.is_dir() and not any(path.iterdir()))
 
 
 def _rdbench_outputs(path: Path) -> bool:
