@@ -27,6 +27,7 @@ from benchmark.objectives import (
     bernoulli_distortion,
     gaussian_kl,
     reparameterise,
+    upcast,
 )
 from rdbench.io import InputError
 
@@ -42,8 +43,8 @@ def _parts(model, x, noise, options) -> dict[str, torch.Tensor]:
     """Distortion, closed-form rate and the two rate terms of one batch, all (B,)."""
     mu, logvar = model.encode(x)  # (B, d), (B, d)
     z = reparameterise(mu, logvar, noise["eps"])
-    distortion = bernoulli_distortion(_upcast(model.decode(z)), x)
-    mu, logvar, z = _upcast(mu), _upcast(logvar), _upcast(z)
+    distortion = bernoulli_distortion(upcast(model.decode(z)), x)
+    mu, logvar, z = upcast(mu), upcast(logvar), upcast(z)
     mi, marginal_kl = rate_terms(mu, logvar, z, _dataset_size(options, len(x)))
     return {"distortion": distortion, "rate": gaussian_kl(mu, logvar),
             "mutual_information": mi, "marginal_kl": marginal_kl}
@@ -60,10 +61,6 @@ def _no_marginal_kl_loss(model, x, beta, noise, options) -> dict[str, torch.Tens
     out = _parts(model, x, noise, options)
     return {"loss": out["distortion"] + beta * out["mutual_information"], **out}
 
-
-def _upcast(t: torch.Tensor) -> torch.Tensor:
-    """bf16/fp16 (autocast) -> float32; float32/float64 unchanged."""
-    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
 
 
 def _dataset_size(options: dict, batch: int) -> int:

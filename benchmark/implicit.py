@@ -44,7 +44,7 @@ import torch.nn.functional as F  # noqa: N812
 from torch import Tensor
 
 from analysis.estimators import kl_tril_to_standard
-from benchmark.objectives import Objective, bernoulli_distortion
+from benchmark.objectives import Objective, bernoulli_distortion, upcast
 from rdbench.io import InputError
 
 # ---------------------------------------------------------------------------------------------
@@ -93,10 +93,6 @@ def _implied_kl(h: Tensor, L: Tensor) -> Tensor:
     return 0.5 * (h.to(L.dtype).square().sum(-1) + trace_sigma + _log_det(L) - h.shape[-1])
 
 
-def _full(t: Tensor) -> Tensor:
-    """Half-precision (autocast) outputs → float32; float32/float64 unchanged."""
-    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
-
 
 def _nan_unless(ok: Tensor, value: Tensor) -> Tensor:
     return torch.where(ok, value, torch.full_like(value, math.nan))
@@ -122,7 +118,7 @@ def decoder_jacobian(model: Any, z: Tensor) -> tuple[Tensor, Tensor]:
         return torch.func.jvp(decode, (z,), (e.expand_as(z),))  # (B, D), (B, D)
 
     logits, J = torch.func.vmap(column, out_dims=(0, 2))(basis)  # (d, B, D), (B, D, d)
-    return _full(logits[0]), _full(J)
+    return upcast(logits[0]), upcast(J)
 
 
 def gauss_newton(model: Any, z: Tensor) -> tuple[Tensor, Tensor]:
@@ -140,7 +136,7 @@ def decoder_column(model: Any, z: Tensor, column: Tensor) -> tuple[Tensor, Tenso
     d = z.shape[-1]
     tangent = (torch.arange(d, device=z.device) == column.unsqueeze(-1)).to(z.dtype)  # (B, d)
     logits, col = torch.func.jvp(lambda zz: model.decode(zz).flatten(1), (z,), (tangent,))
-    return _full(logits), _full(col)
+    return upcast(logits), upcast(col)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -149,7 +145,7 @@ def decoder_column(model: Any, z: Tensor, column: Tensor) -> tuple[Tensor, Tenso
 
 def grae_loss(model: Any, x: Tensor, beta: Tensor, noise: dict, options: dict) -> dict[str, Tensor]:
     """GRAE (Bernoulli form of eq. 12): BCE + (β/2)‖h‖² + (β/2) log det(I + A/β), per example."""
-    h = _full(model.encode(x)[0])
+    h = upcast(model.encode(x)[0])
     logits, A = gauss_newton(model, h)
     distortion = bernoulli_distortion(logits, x.flatten(1))
     L, ok = _precision_cholesky(A, beta)
@@ -164,7 +160,7 @@ def grae_loss(model: Any, x: Tensor, beta: Tensor, noise: dict, options: dict) -
 def grae_approx_loss(model: Any, x: Tensor, beta: Tensor, noise: dict,
                      options: dict) -> dict[str, Tensor]:
     """GRAE≈: d·log(1 + ‖[H^½J]_{:,c}‖²/β) with c = ⌊u·d⌋ replaces the log det (eq. 14, k = 1)."""
-    h = _full(model.encode(x)[0])
+    h = upcast(model.encode(x)[0])
     d = h.shape[-1]
     column = (noise["u"] * d).floor().long().clamp(0, d - 1)  # (B,)
     logits, col = decoder_column(model, h, column)
@@ -179,8 +175,8 @@ def grae_approx_loss(model: Any, x: Tensor, beta: Tensor, noise: dict,
 
 def ae_loss(model: Any, x: Tensor, beta: Tensor, noise: dict, options: dict) -> dict[str, Tensor]:
     """Deterministic autoencoder: BCE(x, g(h(x))); rate NaN (undefined for a point mass)."""
-    h = _full(model.encode(x)[0])
-    distortion = bernoulli_distortion(_full(model.decode(h)), x)
+    h = upcast(model.encode(x)[0])
+    distortion = bernoulli_distortion(upcast(model.decode(h)), x)
     return {"loss": distortion, "distortion": distortion,
             "rate": torch.full_like(distortion, math.nan)}
 
@@ -188,10 +184,10 @@ def ae_loss(model: Any, x: Tensor, beta: Tensor, noise: dict, options: dict) -> 
 def block_vae_loss(model: Any, x: Tensor, beta: Tensor, noise: dict,
                    options: dict) -> dict[str, Tensor]:
     """β-VAE, q(z|x) = N(μ, LLᵀ) with L block-diagonal: BCE(x, g(μ + Lε)) + β·KL, per example."""
-    mu, params = map(_full, model.encode(x))
+    mu, params = map(upcast, model.encode(x))
     L = block_scale_tril(params, mu.shape[-1], _block_size(options))  # (B, d, d)
     z = mu + (L @ noise["eps"].unsqueeze(-1)).squeeze(-1)
-    distortion = bernoulli_distortion(_full(model.decode(z)), x)
+    distortion = bernoulli_distortion(upcast(model.decode(z)), x)
     rate = kl_tril_to_standard(mu, L)
     return {"loss": distortion + beta * rate, "distortion": distortion, "rate": rate}
 
@@ -253,7 +249,7 @@ def implied_posterior(model: Any, x: Tensor, beta: float | Tensor | None,
     ``beta=None`` (an AE has no β of its own) means β = 1, the posterior implied for the ELBO.
     """
     beta = 1.0 if beta is None else beta
-    h = _full(model.encode(x)[0])
+    h = upcast(model.encode(x)[0])
     _, A = gauss_newton(model, h)
     L, _ = _precision_cholesky(A, beta)
     return h, torch.linalg.cholesky(torch.cholesky_inverse(L)).to(h.dtype)
@@ -262,7 +258,7 @@ def implied_posterior(model: Any, x: Tensor, beta: float | Tensor | None,
 def block_posterior(model: Any, x: Tensor, beta: float | Tensor | None,
                     options: dict) -> tuple[Tensor, Tensor]:
     """Block-diagonal β-VAE: the encoder's own (μ, L); ``beta`` is unused."""
-    mu, params = map(_full, model.encode(x))
+    mu, params = map(upcast, model.encode(x))
     return mu, block_scale_tril(params, mu.shape[-1], _block_size(options))
 
 

@@ -56,12 +56,17 @@ def reparameterise(mu: torch.Tensor, logvar: torch.Tensor, eps: torch.Tensor) ->
     return mu + (0.5 * logvar).exp() * eps
 
 
+def upcast(t: torch.Tensor) -> torch.Tensor:
+    """Half-precision (autocast) outputs -> float32; float32 and float64 unchanged."""
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+
 def _beta_vae_loss(model, x, beta, noise, options) -> dict[str, torch.Tensor]:
     """β-VAE: loss = D + β R, D from one reparameterised sample, R the closed-form KL."""
     mu, logvar = model.encode(x)  # (B, d), (B, d)
     z = reparameterise(mu, logvar, noise["eps"])
-    distortion = bernoulli_distortion(model.decode(z).float(), x)
-    rate = gaussian_kl(mu.float(), logvar.float())
+    distortion = bernoulli_distortion(upcast(model.decode(z)), x)
+    rate = gaussian_kl(upcast(mu), upcast(logvar))
     return {"loss": distortion + beta * rate, "distortion": distortion, "rate": rate}
 
 

@@ -245,7 +245,8 @@ def _check_states(spec: GroupSpec, states: list[RunState] | None) -> int:
     if len(states) != spec.n_runs:
         raise ValueError(f"{len(states)} states for a group of {spec.n_runs} runs")
     its = {st.iteration for st in states}
-    assert len(its) == 1, f"runs of a group must resume at one iteration, got {sorted(its)}"
+    if len(its) != 1:
+        raise ValueError(f"runs of a group must resume at one iteration, got {sorted(its)}")
     return its.pop()
 
 

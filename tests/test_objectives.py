@@ -33,13 +33,16 @@ class _Fixed(torch.nn.Module):
         return (z @ self.w).view(-1, 3, 32, 32)
 
 
-def test_beta_vae_equals_definitions():
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_beta_vae_equals_definitions(dtype):
+    """In float64 the loss stays float64 (only autocast's half precision is upcast)."""
     g = torch.Generator().manual_seed(0)
     B, d, beta = 4, 10, 0.3
-    x = torch.rand(B, 3, 32, 32, generator=g)
-    mu, logvar = torch.randn(B, d, generator=g), torch.randn(B, d, generator=g)
-    eps = torch.randn(B, d, generator=g)
+    x = torch.rand(B, 3, 32, 32, generator=g, dtype=dtype)
+    mu, logvar = (torch.randn(B, d, generator=g, dtype=dtype) for _ in range(2))
+    eps = torch.randn(B, d, generator=g, dtype=dtype)
     model = _Fixed(mu, logvar)
+    model.w = model.w.to(dtype)
     out = get_objective("beta_vae").loss(
         model, x, torch.tensor(beta), {"eps": eps, "u": torch.rand(B)}, {}
     )
@@ -60,6 +63,7 @@ def test_beta_vae_equals_definitions():
     torch.testing.assert_close(out["distortion"], expected_d)
     torch.testing.assert_close(out["rate"], expected_r)
     torch.testing.assert_close(out["loss"], expected_d + beta * expected_r)
+    assert {v.dtype for v in out.values()} == {dtype}
 
 
 def test_distortion_matches_bernoulli_log_prob_on_binary_data():

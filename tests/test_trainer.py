@@ -176,7 +176,7 @@ def test_logs_checkpoints_and_state_loads_into_plain_model(images):
 def test_resume_rejects_mixed_iterations(images):
     spec = _spec("cnn1", (1.0, 1.0), (0, 1))
     st = [RunState(i, init_model(spec, i).state_dict(), {}) for i in (0, 1)]
-    with pytest.raises(AssertionError):
+    with pytest.raises(ValueError, match="one iteration"):
         _train(spec, images, states=st)
 
 
