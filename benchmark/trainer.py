@@ -31,7 +31,8 @@ vmap; CNNs on CPU loop over the models (above); on CUDA TF32 is on and
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -215,6 +216,23 @@ def _keep_freed_memory() -> None:
         pass
 
 
+@contextmanager
+def _backend_flags_restored() -> Iterator[None]:
+    """PyTorch's process-wide TF32 and cuDNN flags put back as they were on exit.
+
+    Training turns them on for CUDA (:func:`_setup_device`); without this, whatever runs
+    next in the process (``rdbench demo`` evaluates right after training) would inherit them.
+    """
+    flags = [(torch.backends.cuda.matmul, "allow_tf32"), (torch.backends.cudnn, "allow_tf32"),
+             (torch.backends.cudnn, "benchmark")]
+    saved = [getattr(obj, name) for obj, name in flags]
+    try:
+        yield
+    finally:
+        for (obj, name), value in zip(flags, saved, strict=True):
+            setattr(obj, name, value)
+
+
 def _setup_device(device: str | torch.device) -> torch.device:
     device = torch.device(device)
     if device.type == "cpu":
@@ -292,8 +310,14 @@ def train_group(
     ``states`` resumes the runs (all at one iteration). ``on_log(it, rows)`` gets, every
     ``log_every`` iterations (and at the end), one dict per run of the objective's outputs
     averaged over the steps since the last log. ``on_checkpoint(states)`` is called every
-    ``checkpoint_every`` iterations and at the end. Returns the final states.
+    ``checkpoint_every`` iterations and at the end. Returns the final states. On CUDA,
+    TF32 and cuDNN autotuning are on while it trains and as they were afterwards.
     """
+    with _backend_flags_restored():
+        return _train_group(spec, images, device, states, on_log, on_checkpoint, progress)
+
+
+def _train_group(spec, images, device, states, on_log, on_checkpoint, progress):
     start = _check_states(spec, states)
     if start >= spec.iterations and states is not None:
         return states

@@ -180,6 +180,33 @@ def test_resume_rejects_mixed_iterations(images):
         _train(spec, images, states=st)
 
 
+def test_training_leaves_global_backend_flags_as_it_found_them(images, monkeypatch):
+    """TF32 / cuDNN autotuning are set for training only: evaluation in the same process
+    (``rdbench demo``) must not inherit them. CUDA's setup is imitated on the CPU."""
+    flags = torch.backends.cuda.matmul, torch.backends.cudnn
+    setup = trainer._setup_device
+
+    def as_on_cuda(device):
+        for f in flags:
+            f.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
+        return setup(device)
+
+    monkeypatch.setattr(trainer, "_setup_device", as_on_cuda)
+    saved = [f.allow_tf32 for f in flags], torch.backends.cudnn.benchmark
+    try:  # (monkeypatch cannot undo attributes of torch.backends.cuda.matmul)
+        for f in flags:
+            f.allow_tf32 = False
+        torch.backends.cudnn.benchmark = False
+        _train(_spec("mlp1", (1.0,), (0,), iterations=2), images)
+        assert [f.allow_tf32 for f in flags] == [False, False]
+        assert torch.backends.cudnn.benchmark is False
+    finally:
+        for f, value in zip(flags, saved[0], strict=True):
+            f.allow_tf32 = value
+        torch.backends.cudnn.benchmark = saved[1]
+
+
 @pytest.mark.usefixtures("cuda_reproducible")
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
