@@ -203,6 +203,9 @@ def importance_log_px(x: Tensor, mu: Tensor, logvar: Tensor | None,
     chunked over samples and examples. K = 1 is the single-sample ELBO; the bound rises
     toward log p(x) with K and is tight when q(z|x) is the exact posterior.
     x: (B, ...), mu: (B, d), logvar: (B, d) or scale_tril: (B, d, d) -> (B,) float64.
+    Samples are drawn and scored in float64 (``log_likelihood`` gets float64 z): a float32
+    μ + σε would round to μ once σ is far below μ's float32 spacing (logvar ≲ −33 at |μ| ~ 1),
+    and the estimate would no longer be a bound.
     """
     _check_posterior(mu, logvar, scale_tril)
     if num_samples < 1 or chunk_size < 1:
@@ -354,7 +357,7 @@ def _put_own_terms(ell: Tensor, own: Tensor, row0: int, col0: int) -> None:
 def _importance_chunk(x: Tensor, post: tuple, log_likelihood: Callable, num_samples: int,
                       per_call: int, generator: torch.Generator | None) -> Tensor:
     """logsumexpₖ log wₖ for one chunk of examples, samples drawn ``per_call`` at a time."""
-    mu, logvar, scale_tril = post
+    mu, logvar, scale_tril = (None if t is None else t.double() for t in post)
     total = torch.full((mu.shape[0],), -math.inf, dtype=torch.float64, device=mu.device)
     for k0 in range(0, num_samples, per_call):
         k = min(per_call, num_samples - k0)
