@@ -294,13 +294,16 @@ def encode_set(group: ModelGroup, images: np.ndarray, rows: np.ndarray,
                generators: list[torch.Generator], settings: EvalSettings) -> dict[str, Any]:
     """Chunked pass over the set: posteriors (M, N, ...) on the CPU, D and R (M, N)."""
     parts: dict[str, list] = defaultdict(list)
+    noise = None  # (M, N, d), drawn for the whole set at once: D does not depend on batch_size
     with torch.no_grad():
         for start in tqdm(range(0, len(rows), settings.batch_size), desc="encode", leave=False,
                           disable=None):
             x = _as_float(images[rows[start:start + settings.batch_size]], _device(group))
             mu, logvar, tril = group.posterior(x)  # (M, C, d) ...
-            eps = torch.stack([torch.randn(mu.shape[1:], generator=g, dtype=torch.float32)
-                               for g in generators]).to(mu.device, mu.dtype)  # (M, C, d)
+            if noise is None:
+                noise = torch.stack([torch.randn((len(rows), *mu.shape[2:]), generator=g)
+                                     for g in generators])
+            eps = noise[:, start:start + mu.shape[1]].to(mu.device, mu.dtype)  # (M, C, d)
             z = (mu + (0.5 * logvar).exp() * eps if tril is None
                  else mu + (tril @ eps.unsqueeze(-1)).squeeze(-1))
             logits = group.decode(z).float()  # (M, C, 3, 32, 32)

@@ -105,6 +105,12 @@ def test_rerun_skips_force_recomputes_same_numbers_and_runs_are_group_independen
     single = read_metrics(alone)["r"]["test"]
     for key, value in first["beta_vae-mlp1-random-2.0-1"]["test"].items():
         assert single[key] == pytest.approx(value, rel=1e-5, abs=1e-5), key
+    # nor on the chunking: the posterior samples are drawn per set, not per batch
+    assert rdbench(["evaluate", str(alone), *fast, "--batch-size", "37", "--force"]) == 0
+    rechunked = read_metrics(alone)["r"]
+    for part in ("train", "test"):
+        for key, value in first["beta_vae-mlp1-random-2.0-1"][part].items():
+            assert rechunked[part][key] == pytest.approx(value, rel=1e-5, abs=1e-5), (part, key)
 
 
 @pytest.mark.parametrize("extra", [["--mi-batch", "1"], ["--mi-batch", "all"],
