@@ -78,7 +78,11 @@ def sample_gaussian(mu: Tensor, logvar: Tensor | None = None, *,
     """
     _check_posterior(mu, logvar, scale_tril)
     shape = mu.shape if num_samples is None else (num_samples, *mu.shape)
-    eps = _randn(shape, mu, generator)
+    return _shift(_randn(shape, mu, generator), mu, logvar, scale_tril)
+
+
+def _shift(eps: Tensor, mu: Tensor, logvar: Tensor | None, scale_tril: Tensor | None) -> Tensor:
+    """μ + e^{logvar/2} ⊙ ε or μ + L ε for standard normal ε (..., N, d)."""
     if scale_tril is None:
         return mu + (0.5 * logvar).exp() * eps
     return mu + (scale_tril @ eps.unsqueeze(-1)).squeeze(-1)
@@ -200,7 +204,8 @@ def importance_log_px(x: Tensor, mu: Tensor, logvar: Tensor | None,
 
     ``log_likelihood(x_chunk (b, ...), z (k, b, d)) -> (k, b)`` is log p(x|z), supplied by
     the caller (the decoder); it is called with at most ``chunk_size`` pairs (k·b) at a time,
-    chunked over samples and examples. K = 1 is the single-sample ELBO; the bound rises
+    chunked over samples and examples (the samples drawn do not depend on the chunking).
+    K = 1 is the single-sample ELBO; the bound rises
     toward log p(x) with K and is tight when q(z|x) is the exact posterior.
     x: (B, ...), mu: (B, d), logvar: (B, d) or scale_tril: (B, d, d) -> (B,) float64.
     Samples are drawn and scored in float64 (``log_likelihood`` gets float64 z): a float32
@@ -210,15 +215,24 @@ def importance_log_px(x: Tensor, mu: Tensor, logvar: Tensor | None,
     _check_posterior(mu, logvar, scale_tril)
     if num_samples < 1 or chunk_size < 1:
         raise ValueError("num_samples and chunk_size must be >= 1")
-    per_example = max(1, min(mu.shape[0], chunk_size))
-    out = []
-    for b in range(0, mu.shape[0], per_example):
-        sl = slice(b, b + per_example)
-        post = (mu[sl], None if logvar is None else logvar[sl],
-                None if scale_tril is None else scale_tril[sl])
-        out.append(_importance_chunk(x[sl], post, log_likelihood, num_samples,
-                                     max(1, chunk_size // per_example), generator))
-    return torch.cat(out) - math.log(num_samples)
+    mu, logvar, scale_tril = (None if t is None else t.double() for t in (mu, logvar, scale_tril))
+    n = mu.shape[0]
+    per_example = max(1, min(n, chunk_size))
+    per_call = max(1, chunk_size // per_example)
+    total = torch.full((n,), -math.inf, dtype=torch.float64, device=mu.device)
+    for k0 in range(0, num_samples, per_call):
+        # one (N, d) draw per sample index, so the estimate does not depend on chunk_size
+        eps = torch.stack([_randn(mu.shape, mu, generator)
+                           for _ in range(min(per_call, num_samples - k0))])  # (k, N, d)
+        for b in range(0, n, per_example):
+            sl = slice(b, b + per_example)
+            post = (mu[sl], None if logvar is None else logvar[sl],
+                    None if scale_tril is None else scale_tril[sl])
+            z = _shift(eps[:, sl], *post)  # (k, b, d)
+            log_w = (log_likelihood(x[sl], z).double() + log_standard_normal(z)
+                     - _log_posterior(z, *post))  # (k, b)
+            total[sl] = torch.logaddexp(total[sl], torch.logsumexp(log_w, 0))
+    return total - math.log(num_samples)
 
 
 def nearest_neighbour_distances(test: Tensor | np.ndarray, train: Tensor | np.ndarray, *,
@@ -352,21 +366,6 @@ def _put_own_terms(ell: Tensor, own: Tensor, row0: int, col0: int) -> None:
     if lo < hi:
         k = torch.arange(lo, hi, device=ell.device)
         ell[k - row0, k - col0] = own[k - row0]
-
-
-def _importance_chunk(x: Tensor, post: tuple, log_likelihood: Callable, num_samples: int,
-                      per_call: int, generator: torch.Generator | None) -> Tensor:
-    """logsumexpₖ log wₖ for one chunk of examples, samples drawn ``per_call`` at a time."""
-    mu, logvar, scale_tril = (None if t is None else t.double() for t in post)
-    total = torch.full((mu.shape[0],), -math.inf, dtype=torch.float64, device=mu.device)
-    for k0 in range(0, num_samples, per_call):
-        k = min(per_call, num_samples - k0)
-        z = sample_gaussian(mu, logvar, scale_tril=scale_tril, num_samples=k,
-                            generator=generator)  # (k, b, d)
-        log_w = (log_likelihood(x, z).double() + log_standard_normal(z).double()
-                 - _log_posterior(z, mu, logvar, scale_tril).double())  # (k, b)
-        total = torch.logaddexp(total, torch.logsumexp(log_w, 0))
-    return total
 
 
 def _device_of(t: Tensor | np.ndarray) -> torch.device:

@@ -21,7 +21,8 @@ and Î saturates at log ``set_size`` (the exact estimator needs the whole set).
 Runs that share (dataset, split, architecture, objective, options) are evaluated together:
 their weights are stacked (``torch.func.stack_module_state``) and encode/decode run as one
 ``vmap`` over the models, data in chunks of ``--batch-size`` on the device. Noise is drawn per
-run from its own seeded generator, so a run's metrics do not depend on its group.
+run from its own seeded generator, so a run's metrics do not depend on its group; it is drawn
+per set (D) or per sample index (log p(x)), so they do not depend on ``--batch-size`` either.
 
 The posterior of a model is read through its objective (:func:`posterior`): mean-field
 ``(mu, logvar)`` from ``model.encode`` unless ``benchmark.implicit.POSTERIORS`` or
