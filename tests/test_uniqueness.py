@@ -301,6 +301,29 @@ def test_summary_takes_the_highest_elbo_quarter() -> None:
     assert "| tanh | diagonal | 8 | 8.0000 | 1.50° | 7.50° | 2.00° (3 × 20 steps) |" in text
 
 
+def test_a_diverged_trial_is_reported_as_nan_and_left_out(tmp_path) -> None:
+    """Plain GD at σ = 0.05 diverges (README): a trial with non-finite parameters gets NaN
+    rows and a count, the others evaluate exactly as before, and nothing raises."""
+    config = UniquenessConfig(schedule=((5, 4),), nonlinearities=("tanh",), n_points=50)
+    batch = build_batch(config, "tanh", CPU)
+    train_batch(batch, config, "tanh")
+    clean = evaluate_batch(batch, config, "tanh")
+    batch.params["A"].data[1, 0, 0] = math.inf
+    table = evaluate_batch(batch, config, "tanh")
+    values = ["elbo", "angle_deg", "decoder_sv_min", "decoder_sigma"]
+    assert table.loc[1, values].isna().all()
+    others = table.index != 1
+    pd.testing.assert_frame_equal(table[others], clean[others])
+    row = summarise(table).set_index("covariance").loc[table.loc[1, "covariance"]]
+    assert row["diverged"] == 1 and row["trials"] == 4
+    assert row["elbo_max"] == clean[others & (clean["covariance"] == row.name)]["elbo"].max()
+    text = summary_markdown(summarise(table), config, 1.0, "cpu")
+    assert f"tanh {row.name} 1/4" in text
+    everything = table.assign(elbo=math.nan)
+    assert "| all diverged |" in summary_markdown(summarise(everything), config, 1.0, "cpu")
+    assert len(plot_angles(everything, tmp_path / "nan")) == 2
+
+
 def test_figure_is_written_as_png_and_pdf(tmp_path) -> None:
     rng = np.random.default_rng(0)
     trials = pd.DataFrame({"nonlinearity": np.repeat(["identity", "tanh"], 20),

@@ -20,6 +20,7 @@ the true axes (within 3° for elu, 9° sigmoid, 20° tanh) and the paper's trend
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -152,7 +153,7 @@ def main(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - started
     print(summary.to_string(index=False, float_format=lambda v: f"{v:.3g}"))
     print(f"wrote {Path(args.out)} ({seconds:.0f} s on {device})")
-    return 0
+    return 1 if (summary["diverged"] == summary["trials"]).all() else 0  # nothing to report
 
 
 def _run_into(directory: Path, config: UniquenessConfig, device: torch.device,
@@ -169,6 +170,7 @@ def _run_into(directory: Path, config: UniquenessConfig, device: torch.device,
                                                                                  device)
     seconds = time.perf_counter() - started
     summary = summarise(trials)
+    _warn_diverged(int(summary["diverged"].sum()), len(trials), config, "summary.md")
     atomic_write_text(directory / "trials.csv", trials[list(TRIAL_COLUMNS)].to_csv(
         index=False, float_format="%.6g"))
     atomic_write_text(directory / "summary.csv", summary.to_csv(index=False,
@@ -182,6 +184,16 @@ def _run_into(directory: Path, config: UniquenessConfig, device: torch.device,
         else None
     plot_angles(trials, directory / "angle_vs_elbo", title=title)
     return summary
+
+
+def _warn_diverged(diverged: int, total: int, config: UniquenessConfig, where: str) -> None:
+    """One stderr line when trials diverged (their rows are NaN, see ``evaluate_batch``)."""
+    if diverged:
+        hint = "; plain gradient descent needs a larger σ (try --decoder-std learned)" \
+            if config.optimizer == "gd" else ""
+        print(f"rdbench: warning: {diverged} of {total} trials diverged (decoder σ "
+              f"{config.decoder_label}, {config.optimizer}){hint}; see {where}",
+              file=sys.stderr)
 
 
 def _write_sigma_comparison(directory: Path, summary: pd.DataFrame, config: UniquenessConfig,
@@ -213,5 +225,7 @@ def _main_orientations(args: argparse.Namespace, config: UniquenessConfig,
                                                 "seconds": round(seconds, 1)})
         plot_orientations(table, tmp / "angle_vs_orientation")
     print(markdown)
+    diverged = int(table["elbo"].isna().sum())
+    _warn_diverged(diverged, len(table), config, "orientations.md")
     print(f"wrote {Path(args.out)} ({seconds:.0f} s on {device})")
-    return 0
+    return 1 if diverged == len(table) else 0  # nothing to report

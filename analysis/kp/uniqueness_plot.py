@@ -32,16 +32,23 @@ COLLAPSED_SV = 0.01
 
 
 def summarise(trials: pd.DataFrame) -> pd.DataFrame:
-    """One row per (nonlinearity, covariance): trial count, ELBO range, median |angle|s, and
-    (when ``trials`` has ``decoder_sv_min``) how many trials, and how many of the top
-    quarter, have a collapsed latent."""
+    """One row per (nonlinearity, covariance): trial count, how many diverged (NaN ELBO;
+    left out of the rest), ELBO range, median |angle|s, and (when ``trials`` has
+    ``decoder_sv_min``) how many trials, and how many of the top quarter, have a collapsed
+    latent."""
     rows = []
-    for (nonlinearity, covariance), group in trials.groupby(["nonlinearity", "covariance"],
-                                                            sort=False):
+    for (nonlinearity, covariance), everything in trials.groupby(["nonlinearity", "covariance"],
+                                                                 sort=False):
+        group = everything[everything["elbo"].notna()]
+        if group.empty:
+            rows.append({"nonlinearity": nonlinearity, "covariance": covariance,
+                         "trials": len(everything), "diverged": len(everything)})
+            continue
         best = top_quarter(group)
         longest = group[group["iterations"] == group["iterations"].max()]
         rows.append({"nonlinearity": nonlinearity, "covariance": covariance,
-                     "trials": len(group), "elbo_max": group["elbo"].max(),
+                     "trials": len(everything), "diverged": len(everything) - len(group),
+                     "elbo_max": group["elbo"].max(),
                      "elbo_top_quarter_min": best["elbo"].min(),
                      "median_abs_angle_top_quarter": best["angle_deg"].abs().median(),
                      "median_abs_angle_all": group["angle_deg"].abs().median(),
@@ -79,6 +86,10 @@ def summary_markdown(summary: pd.DataFrame, config: Any, seconds: float, device:
              "median abs angle, all | median abs angle, longest runs |",
              "|---|---|---:|---:|---:|---:|---:|"]
     for r in summary.itertuples():
+        if r.diverged == r.trials:
+            lines.append(f"| {r.nonlinearity} | {r.covariance} | {r.trials} | all diverged "
+                         "| | | |")
+            continue
         lines.append(f"| {r.nonlinearity} | {r.covariance} | {r.trials} | {r.elbo_max:.4f} | "
                      f"{r.median_abs_angle_top_quarter:.2f}° | {r.median_abs_angle_all:.2f}° | "
                      f"{r.median_abs_angle_longest:.2f}° ({r.longest_trials} × "
@@ -87,6 +98,11 @@ def summary_markdown(summary: pd.DataFrame, config: Any, seconds: float, device:
         lines += ["", "Learned decoder σ, median over trials: " + ", ".join(
             f"{r.nonlinearity} {r.covariance} {r.decoder_sigma_median:.3f}"
             for r in summary.itertuples()) + "."]
+    if summary["diverged"].sum():
+        lines += ["", "Trials that diverged (non-finite parameters; left out of every other "
+                  "column): " + ", ".join(f"{r.nonlinearity} {r.covariance} {r.diverged}/"
+                                          f"{r.trials}" for r in summary.itertuples()
+                                          if r.diverged) + "."]
     if summary.get("collapsed", pd.Series(dtype=int)).sum():
         lines += ["", "Trials whose decoder ignores a latent (singular value of A below "
                   f"{COLLAPSED_SV:g}; their angle describes one axis only): " + ", ".join(
@@ -120,7 +136,8 @@ def plot_angles(trials: pd.DataFrame, stem: str | Path, title: str | None = None
     for ax, name in zip(axes[0], names, strict=True):
         _panel(ax, trials[trials["nonlinearity"] == name], name)
     axes[0, 0].set_ylabel("rotation angle (degrees)")
-    axes[0, -1].legend(loc="best", fontsize=8, framealpha=0.9)
+    if axes[0, -1].get_legend_handles_labels()[0]:  # none when every trial diverged
+        axes[0, -1].legend(loc="best", fontsize=8, framealpha=0.9)
     if title:
         fig.suptitle(title, fontsize=11)
     fig.tight_layout()
@@ -128,7 +145,14 @@ def plot_angles(trials: pd.DataFrame, stem: str | Path, title: str | None = None
 
 
 def _panel(ax: Any, trials: pd.DataFrame, name: str) -> None:
-    """One ν: both covariances; trials left of the x range are drawn at its left edge."""
+    """One ν: both covariances; trials left of the x range are drawn at its left edge,
+    diverged ones (NaN ELBO) not at all."""
+    trials = trials[trials["elbo"].notna()]
+    if trials.empty:
+        ax.text(0.5, 0.5, "every trial diverged", ha="center", va="center",
+                transform=ax.transAxes)
+        ax.set(title=f"ν = {name}", yticks=[], xticks=[])
+        return
     lo, hi = _elbo_limits(trials)
     for covariance, style in STYLE.items():
         group = trials[trials["covariance"] == covariance]
@@ -162,9 +186,15 @@ def circular_spread(angles_deg: np.ndarray, period: float = 90.0) -> float:
 
 def best_per_orientation(table: pd.DataFrame) -> pd.DataFrame:
     """Per (ν, α): the highest-ELBO init's angle and ELBO, and the spread of the angles
-    over all inits (``circular_spread``; ~0 when every init finds the same optimum)."""
+    over all inits (``circular_spread``; ~0 when every init finds the same optimum).
+    Diverged inits (NaN ELBO) are left out; all NaN where every one diverged."""
     rows = []
     for (nonlinearity, q_angle), group in table.groupby(["nonlinearity", "q_angle_deg"]):
+        group = group[group["elbo"].notna()]
+        if group.empty:
+            rows.append({"nonlinearity": nonlinearity, "q_angle_deg": q_angle,
+                         "elbo": np.nan, "angle_deg": np.nan, "init_spread_deg": np.nan})
+            continue
         best = group.loc[group["elbo"].idxmax()]
         rows.append({"nonlinearity": nonlinearity, "q_angle_deg": q_angle,
                      "elbo": best["elbo"], "angle_deg": best["angle_deg"],
@@ -189,6 +219,7 @@ def orientation_markdown(table: pd.DataFrame, config: Any, seconds: float, devic
     for q_angle, group in best.groupby("q_angle_deg"):
         cells = group.set_index("nonlinearity")
         lines.append(f"| {q_angle:g}° | " + " | ".join(
+            "diverged" if np.isnan(cells.at[name, "angle_deg"]) else
             f"{cells.at[name, 'angle_deg']:.2f}° ({cells.at[name, 'init_spread_deg']:.2f}°)"
             for name in names) + " |")
     return "\n".join(lines) + "\n"
@@ -243,14 +274,20 @@ def sigma_markdown(summary: pd.DataFrame, config: Any, inference: str = "amortis
         cells = summary.set_index(["nonlinearity", "covariance", "decoder_std"])
         for name in [n for n in ORDER if n in set(summary["nonlinearity"])]:
             lines.append(f"| {name} | " + " | ".join(
-                " / ".join(f"{cells.at[(name, cov, s), column]:.1f}°"
-                           + ("†" if _mostly_collapsed(cells.loc[(name, cov, s)]) else "")
+                " / ".join(_sigma_cell(cells.loc[(name, cov, s)], column)
                            for cov in ("diagonal", "full"))
                 for s in sigmas) + " |")
     lines += ["", f"† most of the highest-ELBO quarter has a collapsed latent (a singular "
               f"value of A below {COLLAPSED_SV:g}): the decoder uses one axis, and the angle "
               "describes that axis only."]
     return "\n".join(lines) + "\n"
+
+
+def _sigma_cell(row: pd.Series, column: str) -> str:
+    """"12.3°", "12.3°†" (mostly collapsed) or "diverged" (every trial)."""
+    if row["diverged"] == row["trials"]:
+        return "diverged"
+    return f"{row[column]:.1f}°" + ("†" if _mostly_collapsed(row) else "")
 
 
 def _mostly_collapsed(row: pd.Series) -> bool:

@@ -243,11 +243,16 @@ def evaluate_batch(batch: Batch, config: UniquenessConfig, nonlinearity: str,
     exact = replace(config, quadrature_nodes=32, dtype="float64")
     elbos, angles, sigmas = [], [], []
     with torch.no_grad():
-        A = batch.params["A"] @ batch.fixed["O_A"].mT                  # the decoder's A
+        # a trial that diverged (non-finite parameters) is evaluated at 0 and reported as NaN
+        ok = torch.stack([v.reshape(len(v), -1).isfinite().all(1)
+                          for v in batch.params.values()]).all(0)
+        params = {k: torch.where(ok.view(-1, *[1] * (v.dim() - 1)), v, 0.0)
+                  for k, v in batch.params.items()}
+        A = params["A"] @ batch.fixed["O_A"].mT                  # the decoder's A
         sv_min = torch.linalg.svdvals(A.double())[:, -1]
         for lo in range(0, len(batch.rows), chunk):
             part = Batch(rows=batch.rows[lo:lo + chunk],
-                         params={k: v[lo:lo + chunk].double() for k, v in batch.params.items()},
+                         params={k: v[lo:lo + chunk].double() for k, v in params.items()},
                          fixed={k: v[lo:lo + chunk].double() for k, v in batch.fixed.items()},
                          z=batch.z[lo:lo + chunk].double(), x=batch.x[lo:lo + chunk].double(),
                          n=batch.n[lo:lo + chunk])
@@ -255,10 +260,11 @@ def evaluate_batch(batch: Batch, config: UniquenessConfig, nonlinearity: str,
             angles.append(procrustes_angle(part.z, means(part)))
             sigmas.append(_decoder_sigma(part, exact, nonlinearity, elbo))
     table = pd.DataFrame(batch.rows)
-    table["elbo"] = torch.cat(elbos).cpu().numpy()
-    table["angle_deg"] = torch.cat(angles).cpu().numpy()
-    table["decoder_sv_min"] = sv_min.cpu().numpy()
-    table["decoder_sigma"] = torch.cat(sigmas).cpu().numpy()
+    diverged = ~ok.cpu().numpy()
+    for column, values in (("elbo", torch.cat(elbos)), ("angle_deg", torch.cat(angles)),
+                           ("decoder_sv_min", sv_min), ("decoder_sigma", torch.cat(sigmas))):
+        table[column] = values.cpu().numpy()
+        table.loc[diverged, column] = float("nan")
     return table
 
 
