@@ -68,7 +68,7 @@ def _runs_dir(args: argparse.Namespace, grid: GridConfig) -> Path:
     runs_dir = Path(args.out) if args.out else Path("runs") / grid.name
     is_ours = (runs_dir / _MARKER).is_dir()
     if not is_ours:
-        check_output_dir(runs_dir, force=args.force)
+        check_output_dir(runs_dir, force=args.force, inputs=[grid.dataset])
     return runs_dir.resolve()
 
 

@@ -215,14 +215,17 @@ def check_output_dir(path: str | os.PathLike, force: bool, kind: str | None = No
     only allows an rdbench output of that same kind, so a user's directory, a runs
     directory or another command's output is never deleted. Without ``kind`` (the caller
     writes *into* the directory and deletes nothing, as ``rdbench train``) ``force``
-    allows any non-empty directory.
+    allows any non-empty directory but another command's output (a dataset, a report...).
     """
     path = Path(path).expanduser().resolve()
     if path.exists() and not path.is_dir():
         raise InputError(f"output path exists and is not a directory: {path}")
     _check_not_input(path, inputs)
     if path.is_dir() and any(path.iterdir()):
-        found = output_kind(path) if kind is not None else None
+        found = output_kind(path)
+        if kind is None and found is not None:
+            raise InputError(f"output directory {path} is an rdbench {found} directory; "
+                             "choose another --out")
         if kind is not None and found != kind:
             what = f"an rdbench {found} directory" if found else "not written by rdbench"
             raise InputError(f"output directory is not empty: {path} ({what}; --force replaces "
@@ -233,7 +236,8 @@ def check_output_dir(path: str | os.PathLike, force: bool, kind: str | None = No
                              "not write there; --force replaces only what rdbench wrote: "
                              "move it or choose another --out")
         if not force:
-            raise InputError(f"output directory is not empty: {path} (use --force to replace it)")
+            verb = "write into" if kind is None else "replace"
+            raise InputError(f"output directory is not empty: {path} (use --force to {verb} it)")
     _check_writable_ancestor(path if path.exists() else path.parent)
     return path
 

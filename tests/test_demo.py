@@ -66,6 +66,17 @@ def test_force_refuses_entries_the_demo_did_not_write(tmp_path, capsys, earlier,
     assert out.joinpath(entry).read_text() == "mine"
 
 
+def test_force_refuses_another_commands_output_as_the_demo_directory(tmp_path, capsys):
+    """`rdbench demo --out DATASET --force` would write data/, runs/... into a dataset."""
+    out = tmp_path / "tetrominoes"
+    out.mkdir()
+    (out / MARKER).write_text(json.dumps({"kind": "dataset", "entries": ["images.npy"]}))
+    (out / "images.npy").write_text("x")
+    assert main(["demo", "--out", str(out), "--force", "--device", "cpu"]) == 2
+    assert "is an rdbench dataset directory" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == [MARKER, "images.npy"]
+
+
 def test_rdbench_debris_and_outputs_in_the_runs_do_not_block_a_rerun(tmp_path):
     """After `rdbench report results/demo/runs` (default RUNS/report), a kp analysis, or a
     kill that left a temporary file or an empty run directory, `make demo` still re-runs."""

@@ -106,6 +106,11 @@ def test_without_a_kind_force_allows_writing_into_any_directory(tmp_path):
     with pytest.raises(InputError, match="not empty"):
         check_output_dir(tmp_path, force=False)
     assert check_output_dir(tmp_path, force=True) == tmp_path.resolve()
+    report = tmp_path / "report"
+    with staged_directory(report, kind="report") as tmp:
+        (tmp / "index.html").write_text("x")
+    with pytest.raises(InputError, match="is an rdbench report directory"):
+        check_output_dir(report, force=True)  # another command's output: never written into
 
 
 def test_a_user_directory_appearing_during_the_work_is_not_replaced(tmp_path):

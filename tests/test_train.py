@@ -95,6 +95,13 @@ def test_missing_dataset_and_foreign_out_dir(tiny_dataset, tmp_path, capsys):
     assert main(["train", str(config), "--out", str(foreign)]) == 2
     assert "not empty" in capsys.readouterr().err
     assert sorted(p.name for p in foreign.iterdir()) == ["thesis.tex"]
+    # the grid's own dataset, or a directory holding it, even with --force
+    before = sorted(p.name for p in Path(tiny_dataset).parent.iterdir())
+    for out, why in ((tiny_dataset, "is the input directory"),
+                     (Path(tiny_dataset).parent, "contains the input directory")):
+        assert main(["train", str(config), "--out", str(out), "--force"]) == 2
+        assert why in capsys.readouterr().err
+    assert sorted(p.name for p in Path(tiny_dataset).parent.iterdir()) == before
 
 
 def test_diverging_run_fails_alone(tiny_dataset, tmp_path, monkeypatch):
