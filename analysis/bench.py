@@ -24,7 +24,7 @@ import torch
 
 from analysis import estimators as est
 from analysis.evaluate import EvalSettings, ModelGroup, encode_set
-from rdbench.io import atomic_write_json, check_bench_output
+from rdbench.io import check_bench_output, report_bench_result
 
 ARCHITECTURES = ("mlp1", "mlp3", "cnn1", "cnn3")
 
@@ -43,9 +43,7 @@ def main(args: argparse.Namespace) -> int:
         results["rate_decomposition"] += bench_rate_decomposition(n_rate, device)
         for arch in ARCHITECTURES:
             results["throughput"].append(bench_throughput(arch, models, n_images, device))
-    print(markdown(results))
-    if out is not None:
-        atomic_write_json(out, results)
+    report_bench_result(out, results, markdown(results))
     return 0
 
 

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rdbench import _lazy
-from rdbench.io import InputError, atomic_write_json, check_bench_output
+from rdbench.io import InputError, check_bench_output, report_bench_result
 
 if TYPE_CHECKING:  # torch is imported only when the benchmark runs (fast ``rdbench --help``)
     import numpy as np
@@ -40,6 +40,7 @@ if TYPE_CHECKING:  # torch is imported only when the benchmark runs (fast ``rdbe
 ARCHITECTURES = ("mlp1", "mlp3", "cnn1", "cnn3")  # == benchmark.models.ARCHITECTURES
 
 BATCH = 128  # the paper's; --batch changes it for one benchmark run
+BENCH_IMAGES = 4096  # random uint8 images the bench trains on
 PARAM_PASSES = 10  # 4-byte passes over each parameter per step (see the module docstring)
 PAPER_MODEL_ITERATIONS = 12 * 5 * 257_000 * 19  # per architecture: β × seeds × its × splits
 
@@ -230,8 +231,9 @@ def _validate(args: argparse.Namespace) -> None:
         raise InputError("--models: group sizes must be >= 1")
     if args.steps is not None and args.steps < 1:
         raise InputError("--steps must be >= 1")
-    if args.batch < 1:
-        raise InputError("--batch must be >= 1")
+    if not 1 <= args.batch <= BENCH_IMAGES:
+        raise InputError(f"--batch must be between 1 and {BENCH_IMAGES} (the bench's images; "
+                         f"minibatches are distinct examples), got {args.batch}")
 
 
 def measure(
@@ -343,7 +345,8 @@ def main(args: argparse.Namespace) -> int:
     device = _setup_device(resolve_device(args.device))
     out = check_bench_output(args.out, args.force, "train")
     sizes, steps, warmup, repeats = _defaults(args, device)
-    images = np.random.default_rng(0).integers(0, 256, (4096, 32, 32, 3), dtype=np.uint8)
+    images = np.random.default_rng(0).integers(0, 256, (BENCH_IMAGES, 32, 32, 3),
+                                               dtype=np.uint8)
     peak = matmul_peak(device)
     bandwidth = copy_bandwidth(device)
     batch = args.batch
@@ -371,9 +374,7 @@ def main(args: argparse.Namespace) -> int:
         "rows": [add_ratios(r, peak, bandwidth) for r in rows],
         "projection": projection(rows),
     }
-    print(markdown(result))
-    if out is not None:
-        atomic_write_json(out, result)
+    report_bench_result(out, result, markdown(result))
     return 0
 
 

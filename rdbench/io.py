@@ -339,3 +339,12 @@ def check_bench_output(path: str | os.PathLike | None, force: bool, bench: str) 
         raise InputError(f"cannot create the directory of --out {path}: "
                          f"{e.strerror or e}") from None
     return path
+
+
+def report_bench_result(out: Path | None, result: dict, markdown: str) -> None:
+    """Print a bench's Markdown table; write its JSON to ``out`` (checked up front by
+    :func:`check_bench_output`), if given, and say so."""
+    print(markdown)
+    if out is not None:
+        atomic_write_json(out, result)
+        print(f"wrote {out}")

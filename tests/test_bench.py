@@ -69,8 +69,10 @@ def test_rejects_bad_arguments():
         bench._validate(ns(architectures=["cnn9"]))
     with pytest.raises(InputError, match="models"):
         bench._validate(ns(models=[0]))
-    with pytest.raises(InputError, match="batch"):
-        bench._validate(ns(batch=0))
+    for batch in (0, bench.BENCH_IMAGES + 1):  # distinct examples: at most the bench's images
+        with pytest.raises(InputError, match="batch"):
+            bench._validate(ns(batch=batch))
+    bench._validate(ns(batch=bench.BENCH_IMAGES))
 
 
 def test_timers_and_copy_bandwidth_run_tiny():

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rdbench.io import InputError, atomic_write_json, check_bench_output
+from rdbench.io import InputError, check_bench_output, report_bench_result
 from tetrominoes.factors import BINS, N_IMAGES, sample_factors
 
 QUICK_GRID = (8, 4, 5, 8, 8)  # 10,240 images
@@ -132,8 +132,5 @@ def main(args: argparse.Namespace) -> int:
         raise InputError(f"--workers must be at least 1, got {args.workers}")
     out = check_bench_output(args.out, args.force, "data")
     result = run(args.quick, args.workers)
-    print(markdown(result))
-    if out is not None:
-        atomic_write_json(out, result)
-        print(f"wrote {out}")
+    report_bench_result(out, result, markdown(result))
     return 0
