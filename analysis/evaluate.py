@@ -81,10 +81,14 @@ def main(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     runs_dir = Path(args.runs_dir)
     todo, skipped, unfinished = select_runs(runs_dir, force=args.force)
+    datasets: dict[str, Any] = {}
     if getattr(args, "dataset", None):  # moved since training: the fingerprint still checks
+        import tetrominoes
+
         moved = str(Path(args.dataset).expanduser().resolve())
+        datasets[moved] = tetrominoes.load_verified(moved)  # even with nothing left to do
         todo = [(run_dir, dict(config, dataset=moved)) for run_dir, config in todo]
-    datasets = _check_inputs(todo)
+    _check_inputs(todo, datasets)
     from rdbench.device import resolve_device
 
     device = resolve_device(args.device)
@@ -145,12 +149,12 @@ def select_runs(runs_dir: Path, force: bool
     return todo, skipped, unfinished
 
 
-def _check_inputs(todo: list[tuple[Path, dict]]) -> dict[str, Any]:
-    """Load every dataset once; check splits, fingerprints, model files and objectives."""
+def _check_inputs(todo: list[tuple[Path, dict]], datasets: dict[str, Any]) -> None:
+    """Load every dataset once into ``datasets`` (path -> dataset; some may be loaded
+    already); check splits, fingerprints, model files and objectives."""
     import tetrominoes
     from benchmark.objectives import get_objective
 
-    datasets: dict[str, Any] = {}
     for run_dir, config in todo:
         path = config["dataset"]
         if path not in datasets:
@@ -167,7 +171,6 @@ def _check_inputs(todo: list[tuple[Path, dict]]) -> dict[str, Any]:
                              "mean-field encoder and registers no posterior")
         if not (run_dir / "model.pt").exists():
             raise InputError(f"run {run_dir.name} is done but has no model.pt")
-    return datasets
 
 
 def _group(todo: list[tuple[Path, dict]]) -> dict[tuple, list[tuple[Path, dict]]]:

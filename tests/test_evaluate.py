@@ -152,6 +152,9 @@ def test_dataset_moved_since_training_is_given_with_dataset(read_metrics, tmp_pa
     assert len(read_metrics(runs_dir)) == 1
     config = json.loads((runs_dir / "beta_vae-mlp1-random-1.0-0" / "config.json").read_text())
     assert config["dataset"] == str(tmp_path / "data")  # the run's record is left as it was
+    # a bad --dataset is refused even when every run is evaluated already
+    assert rdbench(["evaluate", str(runs_dir), *FAST, "--dataset", str(tmp_path / "no")]) == 2
+    assert "no dataset directory at" in capsys.readouterr().err
     with (moved / "factors.csv").open("a") as f:  # other content: refused
         f.write("\n")
     assert rdbench(["evaluate", str(runs_dir), *FAST, "--dataset", str(moved), "--force"]) == 2
