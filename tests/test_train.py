@@ -84,6 +84,15 @@ def test_bad_options_exit_2_before_work(tiny_dataset, tmp_path, capsys, args, me
     assert not out.exists()
 
 
+def test_bf16_on_the_cpu_is_refused_before_work(tiny_dataset, tmp_path, capsys):
+    """bf16 autocasts on CUDA only: on the cpu the runs would be fp32 under bf16 ids."""
+    config = _write_grid(tmp_path / "g.toml", tiny_dataset, precision="bf16")
+    assert main(["train", str(config), "--out", str(tmp_path / "runs")]) == 2
+    err = capsys.readouterr().err
+    assert "CUDA only" in err and err.count("\n") == 1
+    assert not (tmp_path / "runs").exists()
+
+
 def test_missing_dataset_and_foreign_out_dir(tiny_dataset, tmp_path, capsys):
     config = _write_grid(tmp_path / "g.toml", tmp_path / "no-such-dataset")
     assert main(["train", str(config), "--out", str(tmp_path / "r")]) == 2
