@@ -181,7 +181,9 @@ def test_cli_info_reports_damage(tiny_dataset, tmp_path, capsys):
     raw[-3] = ord("7") if raw[-3] != ord("7") else ord("3")  # a flipped digit, same shape
     (copy / "factors.csv").write_bytes(bytes(raw))
     assert main(["data", "info", str(copy)]) == 2
-    assert "checksum mismatch: factors.csv" in capsys.readouterr().err
+    captured = capsys.readouterr()
+    assert "checksums   FAILED (1 problem(s))" in captured.out
+    assert "checksum mismatch: factors.csv" in captured.err and captured.err.count("\n") == 1
     with open(copy / "images.npy", "r+b") as f:
         f.truncate(1000)
     assert main(["data", "info", str(copy)]) == 2

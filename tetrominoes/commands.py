@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from pathlib import Path
 
 from rdbench.io import InputError
@@ -48,9 +47,9 @@ def info(args: argparse.Namespace) -> int:
         print("checksums   not verified (--no-verify)")
         return 0
     problems = data.verify()
-    if problems:
-        for p in problems:
-            print(f"            {p}", file=sys.stderr)
+    if problems:  # listed with the rest of the description; the error is one line
+        print("\n".join([f"checksums   FAILED ({len(problems)} problem(s))"]
+                        + [f"            {p}" for p in problems]))
         raise InputError(f"dataset is damaged ({len(problems)} problem(s): {problems[0]}); "
                          "regenerate it with `rdbench data generate`")
     print(f"checksums   ok ({len(data.manifest['files'])} files)")
