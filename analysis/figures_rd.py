@@ -8,6 +8,7 @@ stem, and returns the written PNG/PDF paths or a :class:`Skipped` note.
 from __future__ import annotations
 
 import re
+from collections import Counter
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -66,11 +67,17 @@ def main_objective(summary: pd.DataFrame) -> str:
 
 
 def _main(summary: pd.DataFrame) -> pd.DataFrame:
-    """Rows of the main objective with no options (plain β-VAE curves)."""
+    """Rows of the main objective with no options (plain β-VAE curves); when every row of
+    it has some (only block-diagonal runs, or two learning rates), its most common variant."""
     rows = summary[summary["objective"] == main_objective(summary)]
-    for c in option_columns_of_summary(summary):
-        rows = rows[rows[c].isna()]
-    return rows
+    options = option_columns_of_summary(summary)
+    plain = rows[rows[options].isna().all(axis=1)] if options else rows
+    if not plain.empty or rows.empty:
+        return plain
+    labels = [tuple(None if pd.isna(v) else v for v in r)
+              for r in rows[options].itertuples(index=False)]
+    common = Counter(labels).most_common(1)[0][0]  # ties: the first in the summary's order
+    return rows[[label == common for label in labels]]
 
 
 def arch_order(architectures: object) -> list[str]:

@@ -8,7 +8,9 @@ figure of the report is drawn from its DataFrame. Conventions (also in the READM
   and ``status`` ``failed`` / ``not_evaluated`` / ``pending`` / ``running`` /
   ``corrupt_config``, so the table shows what is missing instead of hiding it.
 - ``objective_options`` are flattened into columns of their own (e.g. ``block_size``);
-  ``dataset_size`` is dropped there because it is ``n_train``.
+  ``dataset_size`` is dropped there because it is ``n_train``. A training setting that
+  differs between runs (``SETTINGS``: two grids trained into one runs directory, say with
+  two learning rates) becomes such a column too, so its runs are never pooled as restarts.
 - ``summarise`` keeps only rows with ``status == "done"`` and a finite distortion, and gives
   mean, sample std (ddof = 1; NaN for a single seed) and the number of seeds per
   split × architecture × objective × options × β × set.
@@ -40,6 +42,9 @@ METRIC_LABELS = {
     "marginal_kl": "KL(q(z)‖p(z))", "log_px": "log p(x)",
 }
 _DROPPED_OPTIONS = ("dataset_size",)
+# Fields of a run id besides the keys, seed and options: a column only where they differ.
+SETTINGS = ("iterations", "learning_rate", "batch_size", "latent_dim", "precision",
+            "dataset_fingerprint")
 
 
 def _read_json(path: Path) -> dict | None:
@@ -68,11 +73,12 @@ def _run_rows(run_dir: Path) -> list[dict]:
                                         "n_train")}
     base["run_id"] = config.get("run_id", run_dir.name)
     options = {k: _scalar(v) for k, v in (config.get("objective_options") or {}).items()
-               if k not in _DROPPED_OPTIONS and k not in RUN_COLUMNS}
+               if k not in _DROPPED_OPTIONS and k not in RUN_COLUMNS + SETTINGS}
+    settings = {k: config.get(k) for k in SETTINGS}
     rows = []
     for set_name in SETS:
         values = (metrics or {}).get(set_name) or {}
-        row = {**base, "set": set_name, "status": status, **options}
+        row = {**base, "set": set_name, "status": status, **options, **settings}
         row.update({m: _as_float(values.get(m)) for m in METRICS})
         if math.isnan(row["set_size"]):  # metrics written without it evaluated the whole set
             row["set_size"] = row["n"]
@@ -104,6 +110,7 @@ def collect_runs(runs_dir: str | Path) -> pd.DataFrame:
     if not dirs:
         raise InputError(f"no runs (directories with config.json) in {runs_dir}")
     df = pd.DataFrame([row for d in dirs for row in _run_rows(d)])
+    df = df.drop(columns=[c for c in SETTINGS if df[c].nunique() <= 1])  # only where they differ
     extra = sorted(c for c in df.columns if c not in RUN_COLUMNS)
     df = df[[*RUN_COLUMNS, *extra]]
     df["beta"] = df["beta"].astype(float)

@@ -326,6 +326,32 @@ def test_cli_report_without_dataset_notes_the_skips(runs_dir: Path, tmp_path: Pa
     assert (out / "figures" / "rd_cv-81920_mlp1.png").read_bytes()[:8] == PNG_MAGIC
 
 
+def test_runs_differing_in_a_training_setting_are_not_pooled_as_restarts(
+        tmp_path: Path) -> None:
+    """Two grids in one runs directory, same seed, learning rates 1e-3 and 1e-4: two summary
+    rows of one run each (a column for the setting), not one row of 'one seed' with a std."""
+    rng = np.random.default_rng(0)
+    cfg = {**_grid()[0], "iterations": 100, "batch_size": 128, "latent_dim": 10}
+    for i, lr in enumerate((1e-3, 1e-4)):
+        _write_run(tmp_path, {**cfg, "run_id": f"lr{i}", "learning_rate": lr}, "done", rng)
+    runs = tables.collect_runs(tmp_path)
+    assert "learning_rate" in runs.columns and "iterations" not in runs.columns  # constant
+    summary = tables.summarise(runs)
+    test = summary[summary["set"] == "test"].set_index("learning_rate")
+    assert list(test["n_seeds"]) == [1, 1] and test["distortion_std"].isna().all()
+    for i, lr in enumerate((1e-3, 1e-4)):
+        metrics = json.loads((tmp_path / f"lr{i}" / "metrics.json").read_text())
+        assert test.loc[lr, "distortion_mean"] == metrics["test"]["distortion"]
+
+
+def test_rd_curves_of_an_objective_that_only_has_options(runs: pd.DataFrame) -> None:
+    """Only block-diagonal runs (every row has block_size): its curves are the main ones."""
+    block = runs[runs["objective"] == "beta_vae_block"]
+    summary = tables.summarise(block)
+    main = figures_rd._main(summary)
+    assert len(main) == len(summary) and (main["block_size"] == 2).all()
+
+
 def _raise_input_error(path: str) -> None:
     raise InputError(f"not a dataset: {path}")
 
