@@ -7,6 +7,7 @@ absent, so the report can say why a figure is missing instead of failing.
 from __future__ import annotations
 
 import functools
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -102,12 +103,30 @@ def short_count(n: float) -> str:
 
 
 def beta_axis(ax: Any, betas: Any) -> None:
-    """A log-scaled β axis with a tick at every β of the data, labelled plainly (0.3, 1, 3)."""
+    """A log-scaled β axis with a tick at every β of the data, labelled plainly (0.3, 1, 3)
+    where labels do not collide (see :func:`labelled_betas`)."""
     from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
 
     ticks = sorted({float(b) for b in betas})
+    shown = labelled_betas(ticks)
     ax.set_xscale("log")
     ax.xaxis.set_major_locator(FixedLocator(ticks))
-    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}" if v in shown else ""))
     ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("β")
+
+
+def labelled_betas(betas: list[float], max_labels: int = 8) -> set[float]:
+    """The β values to label on a log axis: powers of ten and 1 first, then the others in
+    order, each at least 1/``max_labels`` of the axis's span (in decades) from every label
+    taken (the paper's 12 β give 0.001 0.01 0.1 0.3 1 3)."""
+    logs = {b: math.log10(b) for b in betas if b > 0}
+    if len(logs) < 2:
+        return set(logs)
+    gap = (max(logs.values()) - min(logs.values())) / max_labels
+    order = sorted(logs, key=lambda b: (not float(logs[b]).is_integer(), b))
+    shown: list[float] = []
+    for b in order:
+        if all(abs(logs[b] - logs[s]) >= gap - 1e-9 for s in shown):
+            shown.append(b)
+    return set(shown)

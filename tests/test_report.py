@@ -352,6 +352,15 @@ def test_rd_curves_of_an_objective_that_only_has_options(runs: pd.DataFrame) -> 
     assert len(main) == len(summary) and (main["block_size"] == 2).all()
 
 
+def test_beta_labels_do_not_collide_at_the_papers_betas() -> None:
+    """A tick at every β, labels only where they are a span/8 apart: round values first."""
+    from analysis.plot_style import labelled_betas
+
+    paper = [0.001, 0.005, 0.01, 0.1, 0.3, 0.5, 0.7, 0.9, 1, 2, 3, 5]
+    assert labelled_betas(paper) == {0.001, 0.01, 0.1, 0.3, 1, 3}
+    assert labelled_betas([0.1, 0.3, 1, 3, 10]) == {0.1, 0.3, 1, 3, 10}  # the demo's: all
+
+
 def _raise_input_error(path: str) -> None:
     raise InputError(f"not a dataset: {path}")
 
