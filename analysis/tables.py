@@ -199,7 +199,10 @@ def to_markdown(table: pd.DataFrame) -> str:
 
 
 _LATEX_ESCAPES = {"&": r"\&", "%": r"\%", "_": r"\_", "#": r"\#", "±": r"$\pm$", "–": "--",
-                  "‖": r"$\|$", "Î": r"$\hat{I}$", "−": "$-$", "∞": r"$\infty$"}
+                  "‖": r"$\|$", "Î": r"$\hat{I}$", "−": "$-$", "∞": r"$\infty$",
+                  "≥": r"$\geq$", "≤": r"$\leq$", "|": r"\textbar{}", "$": r"\$",
+                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+                  "\\": r"\textbackslash{}"}
 
 
 def _latex(text: str) -> str:

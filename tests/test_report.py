@@ -259,6 +259,9 @@ def test_markdown_and_latex_tables(runs: pd.DataFrame) -> None:
     long = tables.to_latex(shown, caption="x", long_after=len(summary) - 1)
     assert r"\begin{longtable}" in long and r"\endhead" in long
     assert long.count(r"\\") == 1 + 2 + len(summary)  # caption, header twice, rows
+    # pdflatex without inputenc tricks: the report's caption and cells are plain ASCII
+    ours = tables.to_latex(shown, caption=report._SUMMARY_NOTE)
+    assert not {c for c in ours if ord(c) > 127} and r"$\geq$" in ours
 
 
 # ---------------------------------------------------------------- report
