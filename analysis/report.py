@@ -212,16 +212,17 @@ def _dataset_blocks(data: object, note: str | None, splits: list[str], out: Path
     return blocks
 
 
-def _dataset_path(runs_dir: Path) -> str | None:
+def _dataset_path(runs_dir: Path) -> tuple[str, str | None] | None:
+    """(dataset path, its fingerprint) from the first readable config.json, else None."""
     from benchmark.runs import find_runs
 
     for run_dir in find_runs(runs_dir):
         try:
-            dataset = json.loads((run_dir / "config.json").read_text()).get("dataset")
+            config = json.loads((run_dir / "config.json").read_text())
         except (OSError, ValueError):
             continue
-        if dataset:
-            return dataset
+        if isinstance(config, dict) and isinstance(config.get("dataset"), str):
+            return config["dataset"], config.get("dataset_fingerprint")
     return None
 
 
@@ -240,13 +241,17 @@ def _model_loader() -> Callable[[Path], object]:
 def _dataset_and_models(runs_dir: Path) -> tuple[object, np.ndarray | None,
                                                   Callable[[Path], object] | None, str | None]:
     """(dataset, its images, a model loader, a note); None where unavailable."""
-    path = _dataset_path(runs_dir)
-    if path is None:
+    found = _dataset_path(runs_dir)
+    if found is None:
         return None, None, None, "no dataset path in the runs' config.json"
+    path, fingerprint = found
     try:
         data = _load_dataset(path)
     except (ImportError, AttributeError, InputError, OSError) as e:
         return None, None, None, f"dataset {path} unavailable ({type(e).__name__}: {e})"
+    if fingerprint and getattr(data, "fingerprint", fingerprint) != fingerprint:
+        return None, None, None, (f"dataset {path} is not the one the runs were trained on "
+                                  "(its fingerprint differs)")
     try:
         loader = _model_loader()
     except (ImportError, AttributeError) as e:

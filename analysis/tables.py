@@ -6,7 +6,8 @@ figure of the report is drawn from its DataFrame. Conventions (also in the READM
 - Every run gives **two rows**, ``set = train`` and ``set = test``, whatever its status. A
   failed run (or a finished run without ``metrics.json``) keeps its two rows with NaN metrics
   and ``status`` ``failed`` / ``not_evaluated`` / ``pending`` / ``running`` /
-  ``corrupt_config``, so the table shows what is missing instead of hiding it.
+  ``corrupt_config`` / ``corrupt_status`` / ``corrupt_metrics`` (a file that is not the
+  JSON object it should be), so the table shows what is missing instead of hiding it.
 - ``objective_options`` are flattened into columns of their own (e.g. ``block_size``);
   ``dataset_size`` is dropped there because it is ``n_train``. A training setting that
   differs between runs (``SETTINGS``: two grids trained into one runs directory, say with
@@ -63,11 +64,17 @@ def _run_dirs(runs_dir: Path) -> list[Path]:
 
 def _run_rows(run_dir: Path) -> list[dict]:
     config = _read_json(run_dir / "config.json")
-    status = (_read_json(run_dir / "status.json") or {}).get("status", "pending")
+    status_doc = _read_json(run_dir / "status.json")  # None: absent (not started)
+    if status_doc is None or isinstance(status_doc, dict):
+        status = str((status_doc or {}).get("status", "pending"))
+    else:
+        status = "corrupt_status"
     metrics = _read_json(run_dir / "metrics.json") if status == "done" else None
     if status == "done" and metrics is None:
         status = "not_evaluated"
-    if not isinstance(config, dict):
+    elif status == "done" and not isinstance(metrics, dict):
+        status, metrics = "corrupt_metrics", None
+    if not _valid_config(config):
         config, status, metrics = {}, "corrupt_config", None
     base = {k: config.get(k) for k in ("split", "architecture", "objective", "beta", "seed",
                                         "n_train")}
@@ -77,13 +84,23 @@ def _run_rows(run_dir: Path) -> list[dict]:
     settings = {k: config.get(k) for k in SETTINGS}
     rows = []
     for set_name in SETS:
-        values = (metrics or {}).get(set_name) or {}
+        values = (metrics or {}).get(set_name)
+        values = values if isinstance(values, dict) else {}
         row = {**base, "set": set_name, "status": status, **options, **settings}
         row.update({m: _as_float(values.get(m)) for m in METRICS})
         if math.isnan(row["set_size"]):  # metrics written without it evaluated the whole set
             row["set_size"] = row["n"]
         rows.append(row)
     return rows
+
+
+def _valid_config(config: object) -> bool:
+    """A config.json the tables can use: a dict with the keys and a numeric β."""
+    if not isinstance(config, dict):
+        return False
+    if not all(isinstance(config.get(k), str) for k in ("split", "architecture", "objective")):
+        return False
+    return isinstance(config.get("beta"), (int, float)) and not isinstance(config["beta"], bool)
 
 
 def _scalar(value: object) -> object:

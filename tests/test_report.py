@@ -364,6 +364,40 @@ def test_beta_labels_do_not_collide_at_the_papers_betas() -> None:
     assert labelled_betas([0.1, 0.3, 1, 3, 10]) == {0.1, 0.3, 1, 3, 10}  # the demo's: all
 
 
+def test_run_files_of_the_wrong_shape_are_listed_not_fatal(tmp_path: Path) -> None:
+    """Valid JSON of the wrong type in a run's files marks that run, and the report of the
+    rest is built (one bad run does not cost the whole report)."""
+    rng = np.random.default_rng(0)
+    cfg = _grid()[0]
+    bad = {"metrics": ("metrics.json", "[1, 2]", "corrupt_metrics"),
+           "status": ("status.json", '["done"]', "corrupt_status"),
+           "split": ("config.json", json.dumps({**cfg, "split": None}), "corrupt_config"),
+           "beta": ("config.json", json.dumps({**cfg, "beta": "one"}), "corrupt_config")}
+    _write_run(tmp_path, {**cfg, "run_id": "good"}, "done", rng)
+    for name, (file, text, _) in bad.items():
+        _write_run(tmp_path, {**cfg, "run_id": name}, "done", rng)
+        (tmp_path / name / file).write_text(text)
+    status = tables.collect_runs(tmp_path).drop_duplicates("run_id").set_index(
+        "run_id")["status"]
+    assert status.to_dict() == {"good": "done", **{k: v[2] for k, v in bad.items()}}
+    out = report.build_report(tmp_path, tmp_path / "report")
+    text = (out / "report.md").read_text()
+    assert "metrics (corrupt_metrics)" in text and "beta (corrupt_config)" in text
+
+
+def test_a_dataset_other_than_the_runs_is_not_used_for_images(monkeypatch, tmp_path) -> None:
+    """Reconstructions and neighbours would show other images: skipped with a note."""
+    rng = np.random.default_rng(0)
+    _write_run(tmp_path, {**_grid()[0], "dataset_fingerprint": "aaa"}, "done", rng)
+    other = types.SimpleNamespace(images=_fake_images(), fingerprint="bbb")
+    monkeypatch.setattr(report, "_load_dataset", lambda path: other)
+    data, images, loader, note = report._dataset_and_models(tmp_path)
+    assert data is None and "fingerprint differs" in note
+    monkeypatch.setattr(report, "_load_dataset",
+                        lambda path: types.SimpleNamespace(images=other.images, fingerprint="aaa"))
+    assert report._dataset_and_models(tmp_path)[3] is None
+
+
 def _raise_input_error(path: str) -> None:
     raise InputError(f"not a dataset: {path}")
 
