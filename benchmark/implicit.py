@@ -125,7 +125,8 @@ def gauss_newton(model: Any, z: Tensor) -> tuple[Tensor, Tensor]:
     """Logits (B, D) and A = JᵀHJ (B, d, d) at z, H = diag(σ(ℓ)(1 − σ(ℓ)))."""
     logits, J = decoder_jacobian(model, z)
     M = bernoulli_curvature_sqrt(logits).unsqueeze(-1) * J  # (B, D, d) = H^½ J
-    return logits, M.transpose(-2, -1) @ M
+    with torch.autocast(M.device.type, enabled=False):  # A's log det and Cholesky need fp32
+        return logits, M.transpose(-2, -1) @ M
 
 
 def decoder_column(model: Any, z: Tensor, column: Tensor) -> tuple[Tensor, Tensor]:
@@ -246,7 +247,9 @@ def implied_posterior(model: Any, x: Tensor, beta: float | Tensor | None,
                       options: dict) -> tuple[Tensor, Tensor]:
     """GRAE / GRAE≈ / AE: N(h(x), Σ), Σ = (I + A/β)⁻¹; returns (μ (B, d), scale_tril (B, d, d)).
 
-    ``beta=None`` (an AE has no β of its own) means β = 1, the posterior implied for the ELBO.
+    ``beta`` is the run's β (for an AE too: its loss ignores β, and each AE run of a grid
+    is placed through its own β); ``beta=None`` means β = 1, the posterior implied for the
+    ELBO.
     """
     beta = 1.0 if beta is None else beta
     h = upcast(model.encode(x)[0])

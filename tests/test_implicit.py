@@ -241,6 +241,20 @@ def test_block_posterior_params_validates_block_size():
         implicit.block_posterior_params(10, {"block_size": 3})
 
 
+def test_gauss_newton_stays_float32_under_bf16_autocast():
+    """precision = "bf16": A = MᵀM feeds a log det and a Cholesky, so it is never bf16."""
+    from benchmark.models import build_model
+
+    torch.manual_seed(0)
+    model, z = build_model("mlp1"), torch.randn(4, 10)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits, J = implicit.decoder_jacobian(model, z)
+        _, A = implicit.gauss_newton(model, z)
+    M = (implicit.bernoulli_curvature_sqrt(logits).unsqueeze(-1) * J).double()
+    assert A.dtype == torch.float32
+    torch.testing.assert_close(A.double(), M.mT @ M, rtol=1e-5, atol=1e-5)
+
+
 def test_implied_posterior_is_inverse_of_precision():
     beta = 0.25
     model, x = Tiny(), _data()

@@ -17,7 +17,7 @@ precision P = Σ⁻¹ with Q = I + A/β by
   is exactly the gap between the Taylor objective (eq. 7) and GRAE (eq. 12).
 
 Scores are per test point, averaged over the points of each run (``*_std`` across points).
-Outputs in ``--out`` (default RUNS_DIR/kp): ``jacobian.csv`` (one row per run),
+Outputs in ``--out`` (default RUNS_DIR/kp/jacobian): ``jacobian.csv`` (one row per run),
 ``jacobian_summary.csv`` (mean/std over seeds), ``jacobian_matrices.npz``, figures
 ``jacobian_heatmaps`` and ``jacobian_alignment`` (PNG + PDF).
 """

@@ -12,8 +12,8 @@ with q = N(μ, Σ) the encoder's posterior. L₇ is the second-order expansion o
 (exact for a ReLU decoder up to the BCE's third and higher derivatives in ℓ); L₁₂ is L₇ at the
 optimal covariance Σ* = (I + A/β)⁻¹, so L₁₂ ≤ L₇ with L₇ − L₁₂ = β·KL(N(0, Σ) ‖ N(0, Σ*)).
 
-Outputs in ``--out`` (default RUNS_DIR/kp): ``objectives.csv`` (one row per run: the three
-objectives, their components and standard errors over the test examples),
+Outputs in ``--out`` (default RUNS_DIR/kp/objectives): ``objectives.csv`` (one row per
+run: the three objectives, their components and standard errors over the test examples),
 ``objectives_summary.csv`` (mean/std over seeds), figure ``objectives`` (PNG + PDF).
 """
 
