@@ -13,7 +13,6 @@ import dataclasses
 import hashlib
 import itertools
 import json
-import math
 import re
 import sys
 from dataclasses import dataclass
@@ -35,6 +34,8 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _IDENTITY = ("dataset_fingerprint", "split", "architecture", "objective", "objective_options",
              "beta", "seed", "iterations", "batch_size", "learning_rate", "latent_dim",
              "precision")
+
+_FLOAT32_MAX = 3.4028234663852886e38  # torch.finfo(torch.float32).max
 
 
 @dataclass(frozen=True)
@@ -131,15 +132,16 @@ def _validate(grid: GridConfig, source: str) -> None:
     if not _NAME.match(grid.name):
         raise InputError(f"{source}: name must be letters, digits, '.', '_' or '-' (it names "
                          f"files and the default runs directory), got {grid.name!r}")
-    if any(not math.isfinite(b) or b <= 0 for b in grid.betas):
-        raise InputError(f"{source}: every beta must be > 0 and finite, got {list(grid.betas)}")
+    if any(not 0 < b <= _FLOAT32_MAX for b in grid.betas):  # (β is a float32 tensor)
+        raise InputError(f"{source}: every beta must be > 0 and finite in float32, "
+                         f"got {list(grid.betas)}")
     if any(s < 0 for s in grid.seeds):
         raise InputError(f"{source}: seeds must be >= 0, got {list(grid.seeds)}")
     for key in ("iterations", "batch_size", "checkpoint_every", "log_every", "latent_dim",
                 "max_group_size"):
         if getattr(grid, key) < 1:
             raise InputError(f"{source}: {key} must be >= 1, got {getattr(grid, key)}")
-    if not math.isfinite(grid.learning_rate) or grid.learning_rate <= 0:
+    if not 0 < grid.learning_rate <= _FLOAT32_MAX:
         raise InputError(f"{source}: learning_rate must be > 0 and finite, "
                          f"got {grid.learning_rate}")
     if grid.checkpoint_every % grid.log_every:

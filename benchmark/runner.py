@@ -68,6 +68,11 @@ def plan(grid: GridConfig, runs: list[dict[str, Any]], runs_dir: Path) -> tuple[
             continue
         found, groups[run["run_id"]] = (runs_io.checkpoints(run_dir) if run_dir.exists()
                                         else ({0: None}, ()))
+        if len(found) == 1 and (run_dir / "model.pt").exists():  # finish_run writes the
+            raise InputError(  # status before it drops the checkpoints: not a kill
+                f"run {run['run_id']} has a model.pt but its status.json says "
+                f"{status!r} and it has no checkpoint; restore status.json, or delete "
+                f"{run_dir} to train it again")
         iterations[run["run_id"]] = set(found)
         pending[run["run_id"]] = dict(run, objective_options=dict(
             run["objective_options"], dataset_size=run["n_train"]))
@@ -230,6 +235,11 @@ def _train_job(job: Job, outputs: list[list[Path]], device: str, progress: bool,
         runs_io.rewind(d, job.start)
     states = [runs_io.load_checkpoint(dirs[0]) for dirs in outputs] if job.start else None
     histories = [runs_io.read_history(dirs[0], up_to=job.start) for dirs in outputs]
+    for dirs, history in zip(outputs, histories, strict=True):
+        if not history and job.start >= job.spec.log_every:  # history.csv deleted/emptied
+            print(f"rdbench train: warning: {dirs[0] / 'history.csv'} has no rows before "
+                  f"iteration {job.start}; the run resumes from its checkpoint, and its "
+                  "history starts there", file=sys.stderr)
     for d in itertools.chain.from_iterable(outputs):
         runs_io.write_status(d, "running", job.start)
 
@@ -237,7 +247,10 @@ def _train_job(job: Job, outputs: list[list[Path]], device: str, progress: bool,
         for history, row in zip(histories, rows, strict=True):
             history.append({"iteration": iteration, **row})
 
-    group = tuple(dirs[0].name for dirs in outputs)  # the trained runs (copies link via theirs)
+    # Every run the job writes, copies included: a kill between a trained run's checkpoint
+    # and its copy's must still resume them together (the copy then from the last
+    # iteration both have), or the copy would be retrained alone and differ by rounding.
+    group = tuple(d.name for dirs in outputs for d in dirs)
 
     def on_checkpoint(states: list[Any]) -> None:
         for dirs, state, history in zip(outputs, states, histories, strict=True):

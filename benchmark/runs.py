@@ -53,7 +53,12 @@ def read_status(run_dir: str | Path) -> dict[str, Any]:
     path = Path(run_dir) / "status.json"
     if not path.exists():
         return {"status": "pending", "reason": None, "iteration": 0}
-    return read_json(path)
+    status = read_json(path)
+    if not isinstance(status, dict) or status.get("status") not in STATUSES:
+        raise InputError(f"{path} is not a run status (expected a JSON object with \"status\" "
+                         f"one of {', '.join(STATUSES)}); restore it, or delete the run "
+                         "directory to train the run again")
+    return status
 
 
 def is_finished(run_dir: str | Path) -> bool:
@@ -86,10 +91,14 @@ def read_history(run_dir: Path, up_to: int | None = None) -> list[dict[str, floa
     path = Path(run_dir) / "history.csv"
     if not path.exists():
         return []
-    with path.open(newline="") as f:
-        rows = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
-    for row in rows:
-        row["iteration"] = int(row["iteration"])
+    try:
+        with path.open(newline="") as f:
+            rows = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+        for row in rows:
+            row["iteration"] = int(row["iteration"])
+    except (ValueError, TypeError, KeyError) as e:  # a hand-edited or foreign file
+        raise InputError(f"unreadable {path} ({type(e).__name__}: {e}); restore it, or "
+                         "delete the run directory to train the run again") from None
     return [r for r in rows if up_to is None or r["iteration"] <= up_to]
 
 
@@ -142,6 +151,8 @@ def rewind(run_dir: Path, iteration: int) -> None:
     """Leave the run's checkpoint at ``iteration`` as ``checkpoint.pt`` and drop any other
     (none at all for 0), so that the next save rotates from a consistent state."""
     run_dir = Path(run_dir)
+    for leftover in run_dir.glob(".*.tmp"):  # of atomic writes a kill interrupted (the
+        leftover.unlink(missing_ok=True)     # caller holds the run's lease: none is live)
     keep = checkpoints(run_dir)[0][iteration] if iteration else None
     latest, previous = (run_dir / name for name in CHECKPOINTS)
     if keep == previous:

@@ -37,6 +37,7 @@ def test_paper_and_demo_presets_parse():
      ({"betas": [-1.0]}, "every beta must be > 0"),
      ({"betas": [float("nan")]}, "every beta must be > 0 and finite"),
      ({"betas": [float("inf")]}, "every beta must be > 0 and finite"),
+     ({"betas": [1e300]}, "finite in float32"),  # inf as the trainer's float32 β
      ({"learning_rate": float("nan")}, "learning_rate must be > 0 and finite"),
      ({"name": "../../escape"}, "name must be letters, digits"),
      ({"checkpoint_every": 25, "log_every": 10}, "must be a multiple of log_every (10)"),

@@ -17,6 +17,7 @@ import torch
 
 from benchmark import runs as runs_io
 from rdbench.cli import main
+from rdbench.io import InputError
 
 
 def _write_grid(path: Path, dataset: Path, **overrides) -> Path:
@@ -336,6 +337,67 @@ def test_kill_between_two_runs_checkpoints_resumes_the_group_exactly(
         assert not list((killed / run_dir.name).glob("checkpoint*.pt"))
         history = pd.read_csv(killed / run_dir.name / "history.csv")
         assert history["iteration"].tolist() == list(range(2, 17, 2))
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_kill_between_an_ae_run_and_its_copy_retrains_them_together(
+        tiny_dataset, tmp_path, monkeypatch):
+    """`ae` trains one model per seed and copies it to the other β. Killed after the trained
+    run's first checkpoint but before its copy's, the copy must not be retrained alone."""
+    from benchmark import models, trainer
+
+    monkeypatch.setattr(models, "_HIDDEN", 32)
+    config = _write_grid(tmp_path / "g.toml", tiny_dataset, objectives=["ae"],
+                         betas=[0.5, 2.0], seeds=[0], iterations=8, checkpoint_every=4,
+                         log_every=2)
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    assert main(["train", str(config), "--out", str(straight)]) == 0
+    save = runs_io.save_checkpoint
+
+    def dies_after_the_first(run_dir, state, history, group):
+        save(run_dir, state, history, group)
+        raise _Killed
+
+    monkeypatch.setattr(runs_io, "save_checkpoint", dies_after_the_first)
+    with pytest.raises(_Killed):
+        main(["train", str(config), "--out", str(killed)])
+    monkeypatch.setattr(runs_io, "save_checkpoint", save)
+    trained, train_group = [], trainer.train_group
+    monkeypatch.setattr(trainer, "train_group", lambda spec, images, **kw: (
+        trained.append(spec.n_runs) or train_group(spec, images, **kw)))
+    assert main(["train", str(config), "--out", str(killed)]) == 0
+    assert trained == [1]  # one model, written to both runs
+    for run_dir in runs_io.find_runs(straight):
+        a, b = _params(run_dir), _params(killed / run_dir.name)
+        assert all(torch.equal(a[k], b[k]) for k in a), run_dir.name
+
+
+def test_damaged_run_files_are_one_clear_error(tiny_dataset, tmp_path, capsys):
+    """A status.json that is not a status, a finished run's status.json lost (model.pt, no
+    checkpoint), or a history.csv with a bad cell: one line, exit 2, nothing retrained.
+    Temporary files of killed atomic writes are removed when a run resumes."""
+    config = _write_grid(tmp_path / "g.toml", tiny_dataset, betas=[1.0], seeds=[0])
+    out = tmp_path / "runs"
+    assert main(["train", str(config), "--out", str(out)]) == 0
+    capsys.readouterr()
+    run = runs_io.find_runs(out)[0]
+    model = (run / "model.pt").read_bytes()
+    for text, why in (("{}", "is not a run status"), ("[\"done\"]", "is not a run status")):
+        (run / "status.json").write_text(text)
+        assert main(["train", str(config), "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert why in err and err.count("\n") == 1
+    (run / "status.json").unlink()
+    assert main(["train", str(config), "--out", str(out)]) == 2
+    assert "has a model.pt but its status.json" in capsys.readouterr().err
+    assert (run / "model.pt").read_bytes() == model
+    runs_io.write_status(run, "running", 4)
+    (run / "history.csv").write_text("iteration,loss\n2,oops\n")
+    with pytest.raises(InputError, match="unreadable"):
+        runs_io.read_history(run)
+    (run / ".checkpoint.pt.0123abcd.tmp").write_bytes(b"half a checkpoint")
+    runs_io.rewind(run, 0)
+    assert not list(run.glob(".*.tmp"))
 
 
 def test_damaged_dataset_is_refused_by_train_and_evaluate(tiny_dataset, tmp_path, capsys):
