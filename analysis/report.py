@@ -11,7 +11,6 @@ writes, atomically (built in a staged sibling directory)::
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -35,6 +34,7 @@ from rdbench.io import (
     atomic_write_bytes,
     atomic_write_text,
     check_output_dir,
+    json_or_none,
     staged_directory,
 )
 
@@ -217,10 +217,7 @@ def _dataset_path(runs_dir: Path) -> tuple[str, str | None] | None:
     from benchmark.runs import find_runs
 
     for run_dir in find_runs(runs_dir):
-        try:
-            config = json.loads((run_dir / "config.json").read_text())
-        except (OSError, ValueError):
-            continue
+        config = json_or_none(run_dir / "config.json")
         if isinstance(config, dict) and isinstance(config.get("dataset"), str):
             return config["dataset"], config.get("dataset_fingerprint")
     return None

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from rdbench.io import InputError
+from rdbench.io import InputError, json_or_none
 
 # n: examples evaluated; set_size: examples in the whole set (n < set_size with --max-examples)
 METRICS = ("n", "set_size", "distortion", "rate", "elbo", "mutual_information", "marginal_kl",
@@ -48,14 +48,6 @@ SETTINGS = ("iterations", "learning_rate", "batch_size", "latent_dim", "precisio
             "dataset_fingerprint")
 
 
-def _read_json(path: Path) -> dict | None:
-    """A JSON file, or None when it is absent or unreadable (a run still being written)."""
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
 def _run_dirs(runs_dir: Path) -> list[Path]:
     from benchmark.runs import find_runs
 
@@ -63,13 +55,13 @@ def _run_dirs(runs_dir: Path) -> list[Path]:
 
 
 def _run_rows(run_dir: Path) -> list[dict]:
-    config = _read_json(run_dir / "config.json")
-    status_doc = _read_json(run_dir / "status.json")  # None: absent (not started)
+    config = json_or_none(run_dir / "config.json")
+    status_doc = json_or_none(run_dir / "status.json")  # None: absent (not started)
     if status_doc is None or isinstance(status_doc, dict):
         status = str((status_doc or {}).get("status", "pending"))
     else:
         status = "corrupt_status"
-    metrics = _read_json(run_dir / "metrics.json") if status == "done" else None
+    metrics = json_or_none(run_dir / "metrics.json") if status == "done" else None
     if status == "done" and metrics is None:
         status = "not_evaluated"
     elif status == "done" and not isinstance(metrics, dict):

@@ -23,8 +23,8 @@ def main(args: argparse.Namespace) -> int:
     grid = load_grid(args.config, device=args.device)
     devices = [str(resolve_device(d)) for d in parse_devices(grid.device)]
     workers = check_backend(args.backend, args.scheduler, devices, args.workers)
-    cpus = [d for d in devices if d == "cpu"]
-    if grid.precision == "bf16" and cpus and args.backend != "dask":  # (dask: workers' devices)
+    # (with Dask the devices are the workers', not these)
+    if grid.precision == "bf16" and "cpu" in devices and args.backend != "dask":
         raise InputError("precision = \"bf16\" is autocast on CUDA only; on the cpu the runs "
                          "would train in fp32 under ids that say bf16 (use fp32, or a CUDA "
                          "--device)")
