@@ -25,6 +25,7 @@ from benchmark import runs as runs_io
 from benchmark.config import GridConfig
 from rdbench.device import resolve_device
 from rdbench.io import InputError, exclusive_lock, json_or_none
+from rdbench.processes import exit_with_parent
 
 
 @dataclass(frozen=True)
@@ -303,7 +304,8 @@ def dispatch(jobs: list[Job], devices: list[str], workers: int, backend: str,
         threads = max(1, (os.cpu_count() or 1) // workers)
         slots = [devices[i % len(devices)] for i in range(workers)]
         with tempfile.TemporaryDirectory(prefix="rdbench-slots-") as slot_dir:
-            calls = (delayed(run_job_in_slot)(job, slot_dir, slots, threads) for job in jobs)
+            calls = (delayed(run_job_in_slot)(job, slot_dir, slots, threads, os.getpid())
+                     for job in jobs)
             for out in Parallel(n_jobs=workers, backend="loky",
                                 return_as="generator_unordered")(calls):
                 results += out
@@ -312,13 +314,16 @@ def dispatch(jobs: list[Job], devices: list[str], workers: int, backend: str,
     return results
 
 
-def run_job_in_slot(job: Job, slot_dir: str, slots: list[str], threads: int
+def run_job_in_slot(job: Job, slot_dir: str, slots: list[str], threads: int, parent: int
                     ) -> list[tuple[str, str]]:
-    """``run_job`` on the device of the first free slot (one slot per loky worker).
+    """``run_job`` on the device of the first free slot (one slot per loky worker), in a
+    worker that ends if ``parent`` (the dispatching ``rdbench``) dies: loky would let it
+    train on, orphaned, until its job ends.
 
     Devices go with slots, not with job numbers: handing job i the device i mod n would,
     once jobs differ in length, start a job on a GPU that is still busy while another idles.
     """
+    exit_with_parent(parent)
     with claim_slot(Path(slot_dir), slots) as i:
         return run_job(job, slots[i], False, threads)
 

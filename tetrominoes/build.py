@@ -33,6 +33,7 @@ from rdbench.io import (
     sha256_file,
     staged_directory,
 )
+from rdbench.processes import exit_with_parent
 from tetrominoes.factors import BINS, FACTOR_NAMES, RANGES, sample_factors
 from tetrominoes.raster import SIZE, render
 from tetrominoes.splits import SPLIT_NAMES, make_all_splits
@@ -184,7 +185,8 @@ def generate(out: str | os.PathLike, *, seed: int = 0, workers: int | None = Non
     bins = tuple(BINS if _grid is None else _grid)
     factors = sample_factors(int(seed), bins)
     array = factors.loc[:, list(FACTOR_NAMES)].to_numpy(np.float64)
-    pool = ProcessPoolExecutor(workers, mp_context=_context()) if workers > 1 else None
+    pool = ProcessPoolExecutor(workers, mp_context=_context(), initializer=exit_with_parent,
+                               initargs=(os.getpid(),)) if workers > 1 else None
     try:
         with staged_directory(target, force, kind="dataset") as tmp:
             chunks = render_in_order(array, pool, 2 * workers)  # workers start now
