@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from rdbench import __version__
 from rdbench.io import InputError
 
-_PACKAGES = ("tetrominoes", "benchmark", "analysis")
+_PACKAGES = ("imagesets", "tetrominoes", "benchmark", "analysis")
 
 
 class _Parser(argparse.ArgumentParser):

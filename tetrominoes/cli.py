@@ -1,7 +1,8 @@
-"""Command-line registration: ``rdbench data generate|info|show`` and ``rdbench bench data``.
+"""Command-line registration: ``rdbench data generate`` and ``rdbench bench data``.
 
 Argument definitions only; the handlers live in ``tetrominoes.commands`` and
-``tetrominoes.bench`` and are imported when a command runs.
+``tetrominoes.bench`` and are imported when a command runs. ``rdbench data info|show|
+import|split`` work on any dataset and are registered by ``imagesets``.
 """
 
 from __future__ import annotations
@@ -12,15 +13,10 @@ from rdbench._lazy import handler
 
 
 def register(commands: argparse._SubParsersAction) -> None:
-    """Add ``rdbench data ...`` to ``rdbench``."""
-    data = commands.add_parser("data", help="generate, inspect and show the Tetrominoes dataset")
-    sub = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
-    _register_generate(sub)
-    p = sub.add_parser("info", help="counts, ranges, splits and checksum status of a dataset")
-    p.add_argument("dir", metavar="DIR")
-    p.add_argument("--no-verify", action="store_true", help="skip the sha256 checks (fast)")
-    p.set_defaults(handler=handler("tetrominoes.commands:info"))
-    _register_show(sub)
+    """Add ``rdbench data generate`` to ``rdbench data`` (``imagesets`` registers the rest)."""
+    from imagesets.cli import data_actions
+
+    _register_generate(data_actions(commands))
 
 
 def _register_generate(sub: argparse._SubParsersAction) -> None:
@@ -34,19 +30,6 @@ def _register_generate(sub: argparse._SubParsersAction) -> None:
     # hidden: a coarser grid (5 bin counts) for tests and smoke runs
     p.add_argument("--grid", type=int, nargs=5, default=None, help=argparse.SUPPRESS)
     p.set_defaults(handler=handler("tetrominoes.commands:generate"))
-
-
-def _register_show(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("show", help="samples grid and split picture (paper Fig. 1, 2)")
-    p.add_argument("dir", metavar="DIR")
-    p.add_argument("--split", required=True, metavar="NAME", help="split to picture")
-    p.add_argument("--out", required=True, metavar="FILE.png", help="figure (.png or .pdf)")
-    p.add_argument("--factors", nargs=2, default=["x", "y"], metavar=("F1", "F2"),
-                   help="the two factors of the split picture (default: x y)")
-    p.add_argument("--n", type=int, default=600, help="points in the split picture")
-    p.add_argument("--seed", type=int, default=0, help="which samples are shown")
-    p.add_argument("--force", action="store_true", help="replace an existing FILE")
-    p.set_defaults(handler=handler("tetrominoes.commands:show"))
 
 
 def register_bench(benches: argparse._SubParsersAction) -> None:
