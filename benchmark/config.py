@@ -14,6 +14,7 @@ import hashlib
 import itertools
 import json
 import re
+import stat
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +36,12 @@ _IDENTITY = ("dataset_fingerprint", "split", "architecture", "objective", "objec
              "beta", "seed", "iterations", "batch_size", "learning_rate", "latent_dim",
              "precision")
 
+_FLOAT32_TINY = 1.1754943508222875e-38  # torch.finfo(torch.float32).tiny: smallest normal
 _FLOAT32_MAX = 3.4028234663852886e38  # torch.finfo(torch.float32).max
+_INT64_MAX = 2**63 - 1
+# A grid name names RUNS_DIR/grids/<name>.json and the atomic write's temporary
+# .<name>.json.<12 hex>.tmp beside it: file names hold at most 255 bytes (NAME_MAX).
+MAX_NAME = 200
 
 
 @dataclass(frozen=True)
@@ -64,21 +70,55 @@ class GridConfig:
 _REQUIRED = ("dataset", "splits", "architectures", "betas")
 _TUPLES = {"splits": str, "architectures": str, "objectives": str, "betas": float,
            "seeds": int, "block_sizes": int}
+_FLOAT32 = "a normal float32 number: the trainer computes in float32, where a smaller value " \
+           "is 0 or subnormal and a larger one inf"
+_INT64 = "run files and tables store it as an int64"
+# Numeric keys: (smallest, largest, why that range), checked on the value as written (a
+# list key: every entry). Adding a numeric key to the grid is one line here.
+_BOUNDS: dict[str, tuple[float, float, str]] = {
+    "betas": (_FLOAT32_TINY, _FLOAT32_MAX, _FLOAT32),
+    "learning_rate": (_FLOAT32_TINY, _FLOAT32_MAX, _FLOAT32),
+    "seeds": (0, _INT64_MAX, _INT64),
+    "iterations": (1, _INT64_MAX, _INT64),
+    "checkpoint_every": (1, _INT64_MAX, _INT64),
+    "log_every": (1, _INT64_MAX, _INT64),
+    "batch_size": (1, 65_536, "a larger minibatch would not fit in memory, not even for "
+                              "--dry-run's one step"),
+    "latent_dim": (1, 4096, "a larger model would not fit in memory, not even for --dry-run's "
+                            "one step"),
+    "block_sizes": (1, 4096, "a block divides latent_dim"),
+    "max_group_size": (1, 65_536, "models trained at once, each with its own weights"),
+}
 
 
 def load_grid(path: str | Path, **overrides: Any) -> GridConfig:
     """Read and validate a grid TOML file; ``overrides`` (e.g. ``device``) win over the file."""
     path = Path(path)
     try:
-        raw = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise InputError(f"config file not found: {path}") from None
-    except IsADirectoryError:
-        raise InputError(f"config {path} is a directory; give a grid .toml file") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raw = tomllib.loads(_read_text(path))
+    except tomllib.TOMLDecodeError as e:
         raise InputError(f"config file {path} is not valid TOML: {e}") from None
     raw.update({k: v for k, v in overrides.items() if v is not None})
     return parse_grid(raw, source=str(path))
+
+
+def _read_text(path: Path) -> str:
+    """The UTF-8 text of a regular file; anything else is one line. A FIFO or a device is
+    refused before it is opened: reading it could wait forever or never end."""
+    try:
+        if path.is_dir():
+            raise InputError(f"config {path} is a directory; give a grid .toml file")
+        if path.exists() and not stat.S_ISREG(path.stat().st_mode):
+            raise InputError(f"config {path} is not a regular file (a FIFO or a device?); "
+                             "give a grid .toml file")
+        return path.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        raise InputError(f"config file not found: {path}") from None
+    except UnicodeDecodeError as e:
+        raise InputError(f"config file {path} is not UTF-8 text ({e.reason} at byte "
+                         f"{e.start}); TOML files are UTF-8") from None
+    except OSError as e:  # permission denied, an I/O error, a name too long...
+        raise InputError(f"cannot read config file {path}: {e.strerror or e}") from None
 
 
 def parse_grid(raw: dict[str, Any], source: str = "config") -> GridConfig:
@@ -103,22 +143,44 @@ def _coerce(key: str, value: Any, source: str) -> Any:
         items = value if isinstance(value, list) else [value]
         want = _TUPLES[key]
         for item in items:
-            ok = isinstance(item, (int, float)) and not isinstance(item, bool) \
-                if want is float else isinstance(item, want) and not isinstance(item, bool)
-            if not ok:
+            if not _is_a(item, want):
                 raise InputError(f"{source}: {key} must be a list of {want.__name__}, "
                                  f"got {item!r}")
         if not items:
             raise InputError(f"{source}: {key} must not be empty")
         if len(set(items)) != len(items):
             raise InputError(f"{source}: {key} has duplicate entries: {items}")
+        _check_bounds(key, items, source)
         return tuple(want(i) for i in items)
     want = {"int": int, "float": float, "str": str}[types[key]]
-    if want is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
-    if not isinstance(value, want) or isinstance(value, bool):
+    if not _is_a(value, want):
         raise InputError(f"{source}: {key} must be {want.__name__}, got {value!r}")
-    return value
+    _check_bounds(key, [value], source)
+    return want(value)
+
+
+def _is_a(value: Any, want: type) -> bool:
+    """Whether a TOML value is of type ``want`` (an int counts as a float; a bool as neither)."""
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, (int, float) if want is float else want)
+
+
+def _check_bounds(key: str, values: list[Any], source: str) -> None:
+    """Every value of a numeric key within its ``_BOUNDS`` (NaN is not), compared as written:
+    an int too large for a float is refused, not an OverflowError."""
+    if key not in _BOUNDS:
+        return
+    low, high, why = _BOUNDS[key]
+    bad = [v for v in values if not low <= v <= high]
+    if bad:
+        what = "an integer" if isinstance(low, int) else "a number"
+        raise InputError(f"{source}: {key} must be {what} from {_show(low)} to {_show(high)} "
+                         f"({why}), got {bad[0]!r}")
+
+
+def _show(bound: float) -> str:
+    return f"{bound:.8g}" if isinstance(bound, float) else f"{bound:,}"
 
 
 def _validate(grid: GridConfig, source: str) -> None:
@@ -132,18 +194,10 @@ def _validate(grid: GridConfig, source: str) -> None:
     if not _NAME.match(grid.name):
         raise InputError(f"{source}: name must be letters, digits, '.', '_' or '-' (it names "
                          f"files and the default runs directory), got {grid.name!r}")
-    if any(not 0 < b <= _FLOAT32_MAX for b in grid.betas):  # (β is a float32 tensor)
-        raise InputError(f"{source}: every beta must be > 0 and finite in float32, "
-                         f"got {list(grid.betas)}")
-    if any(s < 0 for s in grid.seeds):
-        raise InputError(f"{source}: seeds must be >= 0, got {list(grid.seeds)}")
-    for key in ("iterations", "batch_size", "checkpoint_every", "log_every", "latent_dim",
-                "max_group_size"):
-        if getattr(grid, key) < 1:
-            raise InputError(f"{source}: {key} must be >= 1, got {getattr(grid, key)}")
-    if not 0 < grid.learning_rate <= _FLOAT32_MAX:
-        raise InputError(f"{source}: learning_rate must be > 0 and finite, "
-                         f"got {grid.learning_rate}")
+    if len(grid.name) > MAX_NAME:
+        raise InputError(f"{source}: name is {len(grid.name)} characters long, at most "
+                         f"{MAX_NAME} (it names the file RUNS_DIR/grids/<name>.json, and a "
+                         "file name holds at most 255 bytes)")
     if grid.checkpoint_every % grid.log_every:
         raise InputError(f"{source}: checkpoint_every ({grid.checkpoint_every}) must be a "
                          f"multiple of log_every ({grid.log_every}), so that a resumed "
@@ -152,7 +206,7 @@ def _validate(grid: GridConfig, source: str) -> None:
         raise InputError(f"{source}: precision must be one of {', '.join(PRECISIONS)}")
     parse_devices(grid.device)
     if "beta_vae_block" in grid.objectives:
-        bad = [b for b in grid.block_sizes if b < 1 or grid.latent_dim % b]
+        bad = [b for b in grid.block_sizes if grid.latent_dim % b]
         if bad:
             raise InputError(f"{source}: block_sizes must divide latent_dim="
                              f"{grid.latent_dim}, got {bad}")

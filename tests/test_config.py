@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from benchmark.config import expand, load_grid, parse_devices, parse_grid, run_id
@@ -33,16 +35,31 @@ def test_paper_and_demo_presets_parse():
      ({"splits": ["nope"]}, "unknown split 'nope'"),
      ({"architectures": ["mlp2"]}, "unknown architecture 'mlp2'"),
      ({"objectives": ["vae"]}, "unknown objective 'vae'"),
-     ({"betas": [1.0, 0.0]}, "every beta must be > 0"),
-     ({"betas": [-1.0]}, "every beta must be > 0"),
-     ({"betas": [float("nan")]}, "every beta must be > 0 and finite"),
-     ({"betas": [float("inf")]}, "every beta must be > 0 and finite"),
-     ({"betas": [1e300]}, "finite in float32"),  # inf as the trainer's float32 β
-     ({"learning_rate": float("nan")}, "learning_rate must be > 0 and finite"),
+     ({"betas": [1.0, 0.0]}, "betas must be a number from 1.1754944e-38 to 3.4028235e+38"),
+     ({"betas": [-1.0]}, "got -1.0"),
+     ({"betas": [float("nan")]}, "got nan"),
+     ({"betas": [float("inf")]}, "got inf"),
+     ({"betas": [1e300]}, "got 1e+300"),  # inf as the trainer's float32 β
+     ({"betas": [1e-45]}, "got 1e-45"),  # 0 in float32
+     ({"betas": [1e-39]}, "a normal float32 number"),  # subnormal in float32
+     ({"betas": [10**400]}, "got 1000000"),  # too large for a float: no OverflowError
+     ({"learning_rate": float("nan")}, "learning_rate must be a number from 1.1754944e-38"),
+     ({"learning_rate": 1e-40}, "got 1e-40"),
+     ({"learning_rate": 10**400}, "learning_rate must be a number"),
      ({"name": "../../escape"}, "name must be letters, digits"),
+     ({"name": "n" * 201}, "name is 201 characters long, at most 200"),
      ({"checkpoint_every": 25, "log_every": 10}, "must be a multiple of log_every (10)"),
      ({"seeds": [0, 0]}, "duplicate"),
-     ({"iterations": 0}, "iterations must be >= 1"),
+     ({"seeds": [-1]}, "seeds must be an integer from 0 to 9,223,372,036,854,775,807"),
+     ({"seeds": [2**63]}, "got 9223372036854775808"),
+     ({"iterations": 0}, "iterations must be an integer from 1 to 9,223,372,036,854,775,807"),
+     ({"iterations": 2**63}, "iterations must be an integer from 1"),
+     ({"latent_dim": 10**9}, "latent_dim must be an integer from 1 to 4,096"),
+     ({"latent_dim": 0}, "latent_dim must be an integer from 1 to 4,096"),
+     ({"batch_size": 65_537}, "batch_size must be an integer from 1 to 65,536"),
+     ({"max_group_size": 2**70}, "max_group_size must be an integer from 1 to 65,536"),
+     ({"block_sizes": [0]}, "block_sizes must be an integer from 1 to 4,096"),
+     ({"log_every": -5}, "log_every must be an integer from 1"),
      ({"learning_rate": "fast"}, "learning_rate must be float"),
      ({"device": "tpu"}, "invalid device"),
      ({"precision": "fp8"}, "precision must be one of")])
@@ -51,6 +68,36 @@ def test_bad_grid_is_one_clear_error(tmp_path, override, message):
         parse_grid(_grid(tmp_path, **override))
     assert message in str(err.value)
     assert "\n" not in str(err.value)
+
+
+def test_float32_and_size_bounds_are_inclusive(tmp_path):
+    """The extremes of every range are accepted: the smallest normal and the largest
+    float32 β and learning rate, a 200-character name, the largest integers."""
+    tiny, huge = float(np.finfo(np.float32).tiny), float(np.finfo(np.float32).max)
+    grid = parse_grid(_grid(tmp_path, betas=[tiny, huge], learning_rate=tiny,
+                            name="n" * 200, seeds=[2**63 - 1], latent_dim=4096,
+                            batch_size=65_536, max_group_size=65_536, iterations=2**63 - 1))
+    assert grid.betas == (tiny, huge) and grid.learning_rate == tiny
+    below = float(np.nextafter(np.float32(tiny), np.float32(0)))  # the largest subnormal
+    above = float(np.nextafter(huge, np.inf))  # the next float64 beyond float32's max
+    for beta in (below, above):
+        with pytest.raises(InputError, match="a normal float32 number"):
+            parse_grid(_grid(tmp_path, betas=[beta]))
+
+
+def test_an_absurd_latent_dim_is_refused_by_the_dry_run_before_any_model(
+        tiny_dataset, tmp_path, capsys, monkeypatch):
+    """--dry-run builds each model to count its FLOPs: latent_dim = 10**9 must stop first."""
+    from benchmark import objectives
+    from rdbench.cli import main
+
+    monkeypatch.setattr(objectives, "build_objective_model", None)  # a call would crash
+    grid = tmp_path / "g.toml"
+    grid.write_text(f'dataset = "{tiny_dataset}"\nsplits = ["random"]\n'
+                    'architectures = ["mlp1"]\nbetas = [1.0]\nlatent_dim = 1000000000\n')
+    assert main(["train", str(grid), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "latent_dim must be an integer from 1 to 4,096" in err and err.count("\n") == 1
 
 
 def test_missing_required_key(tmp_path):
@@ -69,6 +116,34 @@ def test_bad_toml_file(tmp_path):
         load_grid(tmp_path / "absent.toml")
     with pytest.raises(InputError, match="is a directory"):
         load_grid(tmp_path)
+
+
+def _one_line_error(path: Path) -> str:
+    with pytest.raises(InputError) as err:
+        load_grid(path)
+    assert "\n" not in str(err.value)
+    return str(err.value)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+def test_unreadable_grid_files_are_one_line_and_never_block(tmp_path, monkeypatch):
+    """A FIFO would block the read forever and a device never end: refused unopened."""
+    fifo = tmp_path / "grid.toml"
+    os.mkfifo(fifo)
+    assert "not a regular file" in _one_line_error(fifo)  # returns: nothing opened it
+    if Path("/dev/zero").exists():
+        assert "not a regular file" in _one_line_error(Path("/dev/zero"))
+    latin = tmp_path / "latin.toml"
+    latin.write_bytes('name = "caf\u00e9"\n'.encode("latin-1"))  # é: byte 11
+    assert "is not UTF-8 text (invalid continuation byte at byte 11)" in _one_line_error(latin)
+    locked = tmp_path / "locked.toml"
+    locked.write_text('name = "x"\n')
+    locked.chmod(0)
+    if os.geteuid() == 0:  # root reads it anyway: make the read fail as for anyone else
+        def denied(self):
+            raise PermissionError(13, "Permission denied", str(self))
+        monkeypatch.setattr(Path, "read_bytes", denied)
+    assert _one_line_error(locked) == f"cannot read config file {locked}: Permission denied"
 
 
 def test_devices():
