@@ -84,6 +84,7 @@ class Importer:
     base_url: str | None = None
     files: tuple[RemoteFile, ...] = ()
     default_size: int | None = None
+    homepage: str | None = None  # where to get the files by hand (kinds without --download)
 
 
 @cache
