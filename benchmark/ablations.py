@@ -22,13 +22,7 @@ from __future__ import annotations
 import torch
 
 from analysis.estimators import log_normal_diag, log_standard_normal, minibatch_log_qz
-from benchmark.objectives import (
-    Objective,
-    bernoulli_distortion,
-    gaussian_kl,
-    reparameterise,
-    upcast,
-)
+from benchmark.objectives import Objective, gaussian_kl, reparameterise, upcast
 from rdbench.io import InputError
 
 
@@ -43,7 +37,7 @@ def _parts(model, x, noise, options) -> dict[str, torch.Tensor]:
     """Distortion, closed-form rate and the two rate terms of one batch, all (B,)."""
     mu, logvar = model.encode(x)  # (B, d), (B, d)
     z = reparameterise(mu, logvar, noise["eps"])
-    distortion = bernoulli_distortion(upcast(model.decode(z)), x)
+    distortion = model.likelihood.nll(model.decode(z), x)
     mu, logvar, z = upcast(mu), upcast(logvar), upcast(z)
     mi, marginal_kl = rate_terms(mu, logvar, z, _dataset_size(options, len(x)))
     return {"distortion": distortion, "rate": gaussian_kl(mu, logvar),

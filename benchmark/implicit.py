@@ -1,8 +1,11 @@
 """Implicit-regularisation objectives of Kumar & Poole (2020), SPEC §7.
 
-Per example, with a deterministic encoder mean h = h(x) ∈ R^d, decoder logits ℓ = g(h) ∈ R^D
-(D = 3072), Bernoulli probabilities σ(ℓ), the logit Jacobian J = ∂ℓ/∂z at h (D × d), and the
-curvature H = diag(σ(ℓ)(1 − σ(ℓ))) of −log p(x|ℓ) in the logits (independent of x):
+Per example, with a deterministic encoder mean h = h(x) ∈ R^d, decoder outputs ℓ = g(h) ∈ R^D
+(D = C·H·W), their Jacobian J = ∂ℓ/∂z at h (D × d), and the curvature H of −log p(x|ℓ) in the
+outputs, independent of x, from the model's likelihood (``likelihood.curvature_sqrt``):
+Bernoulli H = diag(σ(ℓ)(1 − σ(ℓ))) (their eq. 12); Gaussian with mean σ(ℓ) and std s,
+H = diag(σ'(ℓ))²/s², i.e. H = I/s² for the mean (their eq. 13). Below, BCE(x, ℓ) stands for
+the likelihood's −log p(x|ℓ) whichever it is:
 
     A = JᵀHJ = (H^½J)ᵀ(H^½J)                      (d × d, the Gauss–Newton matrix)
 
@@ -36,24 +39,19 @@ parameters (reverse-over-forward).
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Any
 
 import torch
-import torch.nn.functional as F  # noqa: N812
 from torch import Tensor
 
 from analysis.estimators import kl_tril_to_standard
-from benchmark.objectives import Objective, bernoulli_distortion, upcast
+from benchmark.objectives import Objective, upcast
 from rdbench.io import InputError
 
 # ---------------------------------------------------------------------------------------------
 # Pure matrix and likelihood helpers
-
-
-def bernoulli_curvature_sqrt(logits: Tensor) -> Tensor:
-    """H^½ = sqrt(σ(ℓ)(1 − σ(ℓ))) elementwise, computed in log space (stable for large |ℓ|)."""
-    return torch.exp(0.5 * (F.logsigmoid(logits) + F.logsigmoid(-logits)))
 
 
 def log_det_regulariser(A: Tensor, beta: Tensor | float) -> Tensor:
@@ -102,11 +100,33 @@ def _nan_unless(ok: Tensor, value: Tensor) -> Tensor:
 # Decoder Jacobians (forward mode)
 
 
-def decoder_jacobian(model: Any, z: Tensor) -> tuple[Tensor, Tensor]:
-    """Logits ℓ = g(z) (B, D) and their Jacobian J = ∂ℓ/∂z (B, D, d), by d vmapped JVPs.
+@contextlib.contextmanager
+def frozen_batch_statistics(model: Any):
+    """BatchNorm layers of ``model`` normalise with the batch's statistics (training) or their
+    running ones (eval) but do not update the running ones, for the with-block.
 
-    Each example's logits depend only on its own z (no cross-batch layers), so one JVP with the
-    tangent e_k broadcast over the batch gives column k of every example's Jacobian.
+    Jacobians are taken by forward-mode differentiation through the decoder, which cannot
+    write the running statistics (torch.func forbids mutating captured tensors). In training
+    mode the Jacobian then includes the (O(1/B)) dependence of the batch statistics on the
+    other examples' latents. A no-op for models without BatchNorm.
+    """
+    layers = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+              and m.track_running_stats]
+    for m in layers:
+        m.track_running_stats = False
+    try:
+        yield
+    finally:
+        for m in layers:
+            m.track_running_stats = True
+
+
+def decoder_jacobian(model: Any, z: Tensor) -> tuple[Tensor, Tensor]:
+    """Outputs ℓ = g(z) (B, D) and their Jacobian J = ∂ℓ/∂z (B, D, d), by d vmapped JVPs.
+
+    Each example's outputs depend only on its own z (no cross-batch layers; see
+    :func:`frozen_batch_statistics` for BatchNorm), so one JVP with the tangent e_k broadcast
+    over the batch gives column k of every example's Jacobian.
     """
     d = z.shape[-1]
     basis = torch.eye(d, dtype=z.dtype, device=z.device)  # (d, d)
@@ -117,26 +137,28 @@ def decoder_jacobian(model: Any, z: Tensor) -> tuple[Tensor, Tensor]:
     def column(e: Tensor) -> tuple[Tensor, Tensor]:
         return torch.func.jvp(decode, (z,), (e.expand_as(z),))  # (B, D), (B, D)
 
-    logits, J = torch.func.vmap(column, out_dims=(0, 2))(basis)  # (d, B, D), (B, D, d)
+    with frozen_batch_statistics(model):
+        logits, J = torch.func.vmap(column, out_dims=(0, 2))(basis)  # (d, B, D), (B, D, d)
     return upcast(logits[0]), upcast(J)
 
 
 def gauss_newton(model: Any, z: Tensor) -> tuple[Tensor, Tensor]:
-    """Logits (B, D) and A = JᵀHJ (B, d, d) at z, H = diag(σ(ℓ)(1 − σ(ℓ)))."""
+    """Outputs (B, D) and A = JᵀHJ (B, d, d) at z, H from the model's likelihood."""
     logits, J = decoder_jacobian(model, z)
-    M = bernoulli_curvature_sqrt(logits).unsqueeze(-1) * J  # (B, D, d) = H^½ J
+    M = model.likelihood.curvature_sqrt(logits).unsqueeze(-1) * J  # (B, D, d) = H^½ J
     with torch.autocast(M.device.type, enabled=False):  # A's log det and Cholesky need fp32
         return logits, M.transpose(-2, -1) @ M
 
 
 def decoder_column(model: Any, z: Tensor, column: Tensor) -> tuple[Tensor, Tensor]:
-    """Logits (B, D) and the Jacobian column J[:, :, cᵢ] of each example (B, D): one JVP.
+    """Outputs (B, D) and the Jacobian column J[:, :, cᵢ] of each example (B, D): one JVP.
 
     ``column`` (B,) int64 in [0, d).
     """
     d = z.shape[-1]
     tangent = (torch.arange(d, device=z.device) == column.unsqueeze(-1)).to(z.dtype)  # (B, d)
-    logits, col = torch.func.jvp(lambda zz: model.decode(zz).flatten(1), (z,), (tangent,))
+    with frozen_batch_statistics(model):
+        logits, col = torch.func.jvp(lambda zz: model.decode(zz).flatten(1), (z,), (tangent,))
     return upcast(logits), upcast(col)
 
 
@@ -145,10 +167,11 @@ def decoder_column(model: Any, z: Tensor, column: Tensor) -> tuple[Tensor, Tenso
 
 
 def grae_loss(model: Any, x: Tensor, beta: Tensor, noise: dict, options: dict) -> dict[str, Tensor]:
-    """GRAE (Bernoulli form of eq. 12): BCE + (β/2)‖h‖² + (β/2) log det(I + A/β), per example."""
+    """GRAE (eq. 12; eq. 13 for a Gaussian likelihood): −log p(x|ℓ) + (β/2)‖h‖²
+    + (β/2) log det(I + A/β), per example."""
     h = upcast(model.encode(x)[0])
     logits, A = gauss_newton(model, h)
-    distortion = bernoulli_distortion(logits, x.flatten(1))
+    distortion = model.likelihood.nll(logits, x.flatten(1))
     L, ok = _precision_cholesky(A, beta)
     log_det = _nan_unless(ok, _log_det(L)).to(h.dtype)
     rate = _nan_unless(ok, _implied_kl(h, L)).to(h.dtype)
@@ -165,9 +188,9 @@ def grae_approx_loss(model: Any, x: Tensor, beta: Tensor, noise: dict,
     d = h.shape[-1]
     column = (noise["u"] * d).floor().long().clamp(0, d - 1)  # (B,)
     logits, col = decoder_column(model, h, column)
-    a = (bernoulli_curvature_sqrt(logits) * col).square().sum(-1) / beta  # (B,) = A_cc/β
+    a = (model.likelihood.curvature_sqrt(logits) * col).square().sum(-1) / beta  # A_cc/β (B,)
     log_det = d * torch.log1p(a)
-    distortion = bernoulli_distortion(logits, x.flatten(1))
+    distortion = model.likelihood.nll(logits, x.flatten(1))
     h2 = h.square().sum(-1)
     rate = 0.5 * (h2 + d * (1 / (1 + a) + torch.log1p(a) - 1))
     loss = distortion + 0.5 * beta * (h2 + log_det)
@@ -177,7 +200,7 @@ def grae_approx_loss(model: Any, x: Tensor, beta: Tensor, noise: dict,
 def ae_loss(model: Any, x: Tensor, beta: Tensor, noise: dict, options: dict) -> dict[str, Tensor]:
     """Deterministic autoencoder: BCE(x, g(h(x))); rate NaN (undefined for a point mass)."""
     h = upcast(model.encode(x)[0])
-    distortion = bernoulli_distortion(upcast(model.decode(h)), x)
+    distortion = model.likelihood.nll(model.decode(h), x)
     return {"loss": distortion, "distortion": distortion,
             "rate": torch.full_like(distortion, math.nan)}
 
@@ -188,7 +211,7 @@ def block_vae_loss(model: Any, x: Tensor, beta: Tensor, noise: dict,
     mu, params = map(upcast, model.encode(x))
     L = block_scale_tril(params, mu.shape[-1], _block_size(options))  # (B, d, d)
     z = mu + (L @ noise["eps"].unsqueeze(-1)).squeeze(-1)
-    distortion = bernoulli_distortion(upcast(model.decode(z)), x)
+    distortion = model.likelihood.nll(model.decode(z), x)
     rate = kl_tril_to_standard(mu, L)
     return {"loss": distortion + beta * rate, "distortion": distortion, "rate": rate}
 

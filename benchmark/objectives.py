@@ -1,7 +1,8 @@
 """Training objectives: pure per-model functions the trainer vmaps over the ensemble.
 
-An :class:`Objective` maps ``(model, x (B,3,32,32), beta (0-dim), noise, options)`` to a
-dict of per-example tensors (B,) with at least ``loss``, ``distortion`` and ``rate`` (nats).
+An :class:`Objective` maps ``(model, x (B,C,H,W), beta (0-dim), noise, options)`` to a
+dict of per-example tensors (B,) with at least ``loss``, ``distortion`` and ``rate`` (nats);
+the distortion is always ``model.likelihood.nll`` (:mod:`benchmark.likelihoods`).
 ``noise = {"eps": (B, d) standard normal, "u": (B,) uniform [0, 1)}`` comes from the run's
 own random stream; objectives must draw no randomness of their own (the trainer vmaps them
 with ``randomness="error"``).
@@ -20,7 +21,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from torch.nn import functional
 
 from rdbench.io import InputError
 
@@ -36,14 +36,11 @@ class Objective:
 
 
 def bernoulli_distortion(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """D = -log p(x | logits) summed over all but the first dim: (B, ...) -> (B,).
+    """−log p(x | logits) of a Bernoulli, summed over all but the first dim (the callers
+    written before :mod:`benchmark.likelihoods`; new code calls ``model.likelihood.nll``)."""
+    from benchmark.likelihoods import Bernoulli
 
-    For continuous x in [0, 1] this is the binary cross-entropy
-    -Σ [x log σ(l) + (1 - x) log(1 - σ(l))] = Σ [softplus(l) - x l], written in the
-    second (stable) form because it stays elementwise under ``vmap`` (the fused
-    ``binary_cross_entropy_with_logits`` kernel is decomposed there and ~3× slower).
-    """
-    return (functional.softplus(logits) - x * logits).flatten(1).sum(1)
+    return Bernoulli().nll(logits, x)
 
 
 def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
@@ -62,10 +59,11 @@ def upcast(t: torch.Tensor) -> torch.Tensor:
 
 
 def _beta_vae_loss(model, x, beta, noise, options) -> dict[str, torch.Tensor]:
-    """β-VAE: loss = D + β R, D from one reparameterised sample, R the closed-form KL."""
+    """β-VAE: loss = D + β R, D = −log p(x|z) (the model's likelihood) from one
+    reparameterised sample, R the closed-form KL."""
     mu, logvar = model.encode(x)  # (B, d), (B, d)
     z = reparameterise(mu, logvar, noise["eps"])
-    distortion = bernoulli_distortion(upcast(model.decode(z)), x)
+    distortion = model.likelihood.nll(model.decode(z), x)
     rate = gaussian_kl(upcast(mu), upcast(logvar))
     return {"loss": distortion + beta * rate, "distortion": distortion, "rate": rate}
 
@@ -93,12 +91,14 @@ def all_objectives() -> dict[str, Objective]:
 
 
 def build_objective_model(objective: str, architecture: str, latent_dim: int,
-                          options: dict) -> torch.nn.Module:
-    """The model ``objective`` trains: ``build_model`` with the encoder head it needs."""
+                          objective_options: dict, **model: object) -> torch.nn.Module:
+    """The model ``objective`` trains: ``build_model`` with the encoder head it needs;
+    ``model`` holds the other :class:`~benchmark.models.ModelSpec` fields (image_shape,
+    likelihood, decoder_std, activation, options)."""
     from benchmark.models import build_model
 
-    n_params = get_objective(objective).posterior_params(latent_dim, options)
-    return build_model(architecture, latent_dim=latent_dim, posterior_params=n_params)
+    n_params = get_objective(objective).posterior_params(latent_dim, objective_options)
+    return build_model(architecture, latent_dim=latent_dim, posterior_params=n_params, **model)
 
 
 def objective_names() -> tuple[str, ...]:

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -42,8 +42,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from benchmark.ensemble import Ensemble, build_ensemble, make_step, per_run_tensors
-from benchmark.models import ARCHITECTURES
+from benchmark.models import IMAGE_SHAPE, has_convolutions
 from benchmark.objectives import build_objective_model, get_objective
+from imagesets.tensor import channels_first, to_float
 from rdbench.io import InputError
 from rdbench.seeding import derive_seed
 
@@ -53,7 +54,7 @@ PRECISIONS = ("fp32", "bf16")
 
 @dataclass(frozen=True)
 class GroupSpec:
-    """One vectorised job: the runs sharing split, architecture and objective."""
+    """One vectorised job: the runs sharing split, model structure, objective and settings."""
 
     architecture: str
     objective: str
@@ -67,10 +68,13 @@ class GroupSpec:
     checkpoint_every: int
     latent_dim: int = 10
     precision: str = "fp32"  # "bf16" = autocast on CUDA only
+    image_shape: tuple[int, int, int] = IMAGE_SHAPE  # (C, H, W)
+    likelihood: str = "bernoulli"
+    decoder_std: float | str | None = None
+    activation: str | None = None
+    architecture_options: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.architecture not in ARCHITECTURES:
-            raise InputError(f"unknown architecture {self.architecture!r}")
         if len(self.betas) != len(self.seeds) or not self.betas:
             raise InputError("a group needs one beta per seed and at least one run")
         if self.precision not in PRECISIONS:
@@ -83,6 +87,12 @@ class GroupSpec:
     @property
     def n_runs(self) -> int:
         return len(self.seeds)
+
+    def model_fields(self) -> dict[str, Any]:
+        """The :class:`~benchmark.models.ModelSpec` fields beyond architecture and latent size."""
+        return {"image_shape": tuple(self.image_shape), "likelihood": self.likelihood,
+                "decoder_std": self.decoder_std, "activation": self.activation,
+                "options": dict(self.architecture_options)}
 
 
 @dataclass
@@ -115,7 +125,7 @@ def init_model(spec: GroupSpec, seed: int) -> nn.Module:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed(seed, "init"))
         return build_objective_model(spec.objective, spec.architecture, spec.latent_dim,
-                                     spec.objective_options)
+                                     spec.objective_options, **spec.model_fields())
 
 
 def draw_chunk(
@@ -156,9 +166,10 @@ def distinct_rows(idx: torch.Tensor, n: int, generator: torch.Generator) -> torc
         idx[repeat] = torch.randint(n, (count,), generator=generator, device=idx.device)
 
 
-def _uses_loop(spec: GroupSpec, device: torch.device) -> bool:
-    """CNN groups on CPU run model after model over the stacked storage (see ensemble.py)."""
-    return device.type == "cpu" and spec.architecture.startswith("cnn")
+def _uses_loop(meta: nn.Module, device: torch.device) -> bool:
+    """Models with convolutions on CPU run model after model over the stacked storage
+    (faster there: see benchmark/ensemble.py)."""
+    return device.type == "cpu" and has_convolutions(meta)
 
 
 def _build_ensemble(
@@ -169,17 +180,22 @@ def _build_ensemble(
     else:
         dicts = [st.model for st in states]
     resume = states is not None and states[0].iteration > 0
+    meta = init_model(spec, 0).to("meta").train()
+    objective, options = get_objective(spec.objective), dict(spec.objective_options)
+
+    def loss(model, x, beta, eps, u):
+        return objective.loss(model, x, beta, {"eps": eps, "u": u}, options)
+
     return build_ensemble(
         dicts,
         [st.optimizer for st in states] if resume else None,
-        meta=init_model(spec, 0).to("meta"),
-        objective=get_objective(spec.objective),
-        options=dict(spec.objective_options),
+        meta=meta,
+        loss=loss,
         betas=spec.betas,
         reasons=[None if states is None else st.failed for st in (states or spec.seeds)],
         lr=spec.learning_rate,
         device=device,
-        loop=_uses_loop(spec, device),
+        loop=_uses_loop(meta, device),
     )
 
 
@@ -244,17 +260,16 @@ def _setup_device(device: str | torch.device) -> torch.device:
     return device
 
 
-def _images_on_device(images: np.ndarray, device: torch.device) -> torch.Tensor:
-    """(N, 32, 32, 3) uint8 -> (N, 3, 32, 32) uint8 on ``device``."""
-    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (32, 32, 3):
-        raise InputError(
-            f"expected uint8 images (N, 32, 32, 3), got {images.dtype} {tuple(images.shape)}"
-        )
+def _images_on_device(images: np.ndarray, image_shape: tuple[int, int, int],
+                      device: torch.device) -> torch.Tensor:
+    """(N, H, W, C) uint8 -> (N, C, H, W) uint8 on ``device``."""
+    c, h, w = image_shape
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (h, w, c):
+        raise InputError(f"expected uint8 images (N, {h}, {w}, {c}), got {images.dtype} "
+                         f"{tuple(images.shape)}")
     if len(images) == 0:
         raise InputError("the training set is empty")
-    return (
-        torch.from_numpy(np.ascontiguousarray(images)).to(device).permute(0, 3, 1, 2).contiguous()
-    )
+    return channels_first(images, device)
 
 
 def _check_states(spec: GroupSpec, states: list[RunState] | None) -> int:
@@ -305,7 +320,7 @@ def train_group(
     on_checkpoint: Callable[[list[RunState]], None] | None = None,
     progress: bool = True,
 ) -> list[RunState]:
-    """Train every run of ``spec`` on ``images`` (N, 32, 32, 3) uint8, the split's train set.
+    """Train every run of ``spec`` on ``images`` (N, H, W, C) uint8, the split's train set.
 
     ``states`` resumes the runs (all at one iteration). ``on_log(it, rows)`` gets, every
     ``log_every`` iterations (and at the end), one dict per run of the objective's outputs
@@ -322,7 +337,7 @@ def _train_group(spec, images, device, states, on_log, on_checkpoint, progress):
     if start >= spec.iterations and states is not None:
         return states
     device = _setup_device(device)
-    data = _images_on_device(images, device)  # (N, 3, 32, 32) uint8
+    data = _images_on_device(images, spec.image_shape, device)  # (N, C, H, W) uint8
     ens = _build_ensemble(spec, device, states)
     stream = _Stream(spec.seeds, len(data), spec.batch_size, spec.latent_dim, device)
     bf16 = spec.precision == "bf16" and device.type == "cuda"
@@ -340,7 +355,7 @@ def _train_group(spec, images, device, states, on_log, on_checkpoint, progress):
     )
     for t in range(start, spec.iterations):
         idx, eps, u = stream.at(t)
-        x = data[idx].float().div_(255.0)  # (M, B, 3, 32, 32)
+        x = to_float(data[idx])  # (M, B, C, H, W)
         keys, values = step(x, eps, u, t)
         if acc.numel() == 0:
             acc, count = torch.zeros_like(values), torch.zeros(spec.n_runs, device=device)

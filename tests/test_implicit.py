@@ -16,6 +16,7 @@ from torch.distributions import MultivariateNormal, kl_divergence
 from torch.func import functional_call, stack_module_state, vmap
 
 from benchmark import implicit
+from benchmark.likelihoods import Bernoulli
 from benchmark.objectives import beta_vae, get_objective
 from rdbench.io import InputError
 
@@ -30,6 +31,7 @@ class Tiny(nn.Module):
         torch.manual_seed(seed)
         self.enc = nn.Linear(D_OBS, D_LAT + n_params)
         self.dec = nn.Sequential(nn.Linear(D_LAT, 7), nn.Tanh(), nn.Linear(7, D_OBS))
+        self.likelihood = Bernoulli()
         self.double()
 
     def encode(self, x):
@@ -111,6 +113,8 @@ class _Functional:
 
     def __init__(self, model: nn.Module, params: dict):
         self.model, self.params = model, params
+        self.likelihood = model.likelihood
+        self.modules = model.modules
 
     def encode(self, x):
         return self._call("encode", x)
@@ -250,7 +254,7 @@ def test_gauss_newton_stays_float32_under_bf16_autocast():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         logits, J = implicit.decoder_jacobian(model, z)
         _, A = implicit.gauss_newton(model, z)
-    M = (implicit.bernoulli_curvature_sqrt(logits).unsqueeze(-1) * J).double()
+    M = (model.likelihood.curvature_sqrt(logits).unsqueeze(-1) * J).double()
     assert A.dtype == torch.float32
     torch.testing.assert_close(A.double(), M.mT @ M, rtol=1e-5, atol=1e-5)
 

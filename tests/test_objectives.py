@@ -5,6 +5,7 @@ import torch
 from torch import distributions as dist
 
 from benchmark import objectives
+from benchmark.likelihoods import Bernoulli
 from benchmark.models import build_model
 from benchmark.objectives import (
     bernoulli_distortion,
@@ -25,6 +26,7 @@ class _Fixed(torch.nn.Module):
         super().__init__()
         self.mu, self.logvar = mu, logvar
         self.w = torch.randn(mu.shape[1], 3 * 32 * 32, generator=torch.Generator().manual_seed(1))
+        self.likelihood = Bernoulli()
 
     def encode(self, x):
         return self.mu, self.logvar

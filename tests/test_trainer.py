@@ -12,11 +12,8 @@ from benchmark.trainer import GroupSpec, RunState, init_model, train_group
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(autouse=True)
-def tiny_layers(monkeypatch):
-    """Narrow layers (same code paths, ~100x fewer FLOPs) so the tests fit 2 shared cores."""
-    monkeypatch.setattr(models, "_HIDDEN", 32)
-    monkeypatch.setattr(models, "_CHANNELS", 8)
+# Narrow layers (same code paths, ~100x fewer FLOPs) so the tests fit 2 shared cores.
+TINY_LAYERS = {"mlp": {"hidden": 32}, "cnn": {"channels": 8}}
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +22,8 @@ def images():
 
 
 def _spec(arch, betas, seeds, iterations=20, **kw):
-    kw = {"log_every": 5, "checkpoint_every": 10, **kw}
+    kw = {"log_every": 5, "checkpoint_every": 10,
+          "architecture_options": TINY_LAYERS[arch[:3]], **kw}
     return GroupSpec(arch, "beta_vae", {}, tuple(betas), tuple(seeds), iterations, 8, 1e-3, **kw)
 
 
@@ -169,7 +167,7 @@ def test_logs_checkpoints_and_state_loads_into_plain_model(images):
     row = logs[-1][1][0]
     assert row["loss"] == pytest.approx(row["distortion"] + row["rate"], rel=1e-5)
     assert ckpts == [10, 12]
-    model = models.build_model("cnn1")
+    model = models.build_model("cnn1", options=TINY_LAYERS["cnn"])
     model.load_state_dict(out[0].model)  # same names as a plain single model
 
 
@@ -231,12 +229,13 @@ def test_bf16_autocast_on_cuda(images):
 def test_cnn_vmap_path_equals_runs_trained_alone(images, monkeypatch):
     """CNN groups on CPU loop over the models; the vmap path (used on CUDA) must agree too."""
     loop = trainer._uses_loop
-    assert loop(_spec("cnn1", [1.0], [0]), torch.device("cpu"))
-    assert not loop(_spec("mlp1", [1.0], [0]), torch.device("cpu"))
-    assert not loop(_spec("cnn1", [1.0], [0]), torch.device("meta"))
+    cnn, mlp = models.build_model("cnn1"), models.build_model("mlp1")
+    assert loop(cnn, torch.device("cpu"))
+    assert not loop(mlp, torch.device("cpu"))
+    assert not loop(cnn, torch.device("meta"))
     betas, seeds = (0.1, 4.0), (3, 11)
     solo = [_train(_spec("cnn3", [b], [s]), images)[0] for b, s in zip(betas, seeds, strict=True)]
-    monkeypatch.setattr(trainer, "_uses_loop", lambda spec, device: False)
+    monkeypatch.setattr(trainer, "_uses_loop", lambda meta, device: False)
     group = _train(_spec("cnn3", betas, seeds), images)
     for a, b in zip(group, solo, strict=True):
         _assert_same_models(a, b)
