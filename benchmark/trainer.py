@@ -31,6 +31,7 @@ vmap; CNNs on CPU loop over the models (above); on CUDA TF32 is on and
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -44,6 +45,7 @@ from tqdm.auto import tqdm
 from benchmark.ensemble import Ensemble, build_ensemble, make_step, per_run_tensors
 from benchmark.models import IMAGE_SHAPE, has_convolutions
 from benchmark.objectives import build_objective_model, get_objective
+from benchmark.validation import EarlyStopping
 from imagesets.tensor import channels_first, to_float
 from rdbench.io import InputError
 from rdbench.seeding import derive_seed
@@ -73,6 +75,8 @@ class GroupSpec:
     decoder_std: float | str | None = None
     activation: str | None = None
     architecture_options: dict = field(default_factory=dict)
+    validate_every: int = 0  # iterations between validations (0: no validation set)
+    patience: int | None = None  # stop a run after this many validations without improving
 
     def __post_init__(self) -> None:
         if len(self.betas) != len(self.seeds) or not self.betas:
@@ -99,13 +103,20 @@ class GroupSpec:
 class RunState:
     """One run's resumable state: plain dicts, tensors, ints and str (``weights_only``-safe).
 
-    ``optimizer = {"step": int, "exp_avg": {name: Tensor}, "exp_avg_sq": {name: Tensor}}``.
+    ``optimizer = {"step": int, "exp_avg": {name: Tensor}, "exp_avg_sq": {name: Tensor}}``;
+    with a validation set, ``best = {"iteration": int, "value": float, "model": {name:
+    Tensor}}`` (the weights with the lowest validation loss so far, None before the first
+    validation), ``bad_validations`` (validations since it improved) and ``stopped`` (the
+    iteration early stopping ended it, else None).
     """
 
     iteration: int
     model: dict[str, torch.Tensor]
     optimizer: dict[str, Any]
     failed: str | None = None
+    best: dict[str, Any] | None = None
+    bad_validations: int = 0
+    stopped: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -113,11 +124,15 @@ class RunState:
             "model": self.model,
             "optimizer": self.optimizer,
             "failed": self.failed,
+            "best": self.best,
+            "bad_validations": self.bad_validations,
+            "stopped": self.stopped,
         }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RunState:
-        return cls(int(d["iteration"]), d["model"], d["optimizer"], d.get("failed"))
+        return cls(int(d["iteration"]), d["model"], d["optimizer"], d.get("failed"),
+                   d.get("best"), int(d.get("bad_validations", 0)), d.get("stopped"))
 
 
 def init_model(spec: GroupSpec, seed: int) -> nn.Module:
@@ -199,8 +214,9 @@ def _build_ensemble(
     )
 
 
-def _run_states(ens: Ensemble, iteration: int) -> list[RunState]:
-    """Per-run CPU copies of weights and Adam moments (one host sync)."""
+def _run_states(ens: Ensemble, iteration: int, stopping: EarlyStopping | None
+                ) -> list[RunState]:
+    """Per-run CPU copies of weights, Adam moments and validation state (one host sync)."""
     for r, t in enumerate(ens.fail_at.cpu().tolist()):
         if t >= 0 and ens.reasons[r] is None:
             ens.reasons[r] = f"non-finite loss at iteration {t}"
@@ -210,6 +226,7 @@ def _run_states(ens: Ensemble, iteration: int) -> list[RunState]:
             model=model,
             optimizer={"step": iteration, "exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq},
             failed=ens.reasons[r],
+            **(stopping.run_fields(r) if stopping is not None else {}),
         )
         for r, (model, exp_avg, exp_avg_sq) in enumerate(per_run_tensors(ens))
     ]
@@ -304,10 +321,20 @@ class _Stream:
         return self.idx[:, k], self.eps[:, k], self.u[:, k]
 
 
-def _rows(acc: torch.Tensor, count: torch.Tensor, keys: list[str]) -> list[dict[str, float]]:
-    """Window means per run; NaN for a run with no live step in the window."""
+def _rows(acc: torch.Tensor, count: torch.Tensor, keys: list[str],
+          checks: dict[str, torch.Tensor] | None, stopping: EarlyStopping | None
+          ) -> list[dict[str, float]]:
+    """Window means per run (NaN for a run with no live step in the window), then the
+    validation means of this iteration (every row has the columns once there is a
+    validation set: NaN where the row's iteration had no validation)."""
     means = (acc / count[:, None]).cpu().tolist()  # (M, K)
-    return [dict(zip(keys, row, strict=True)) for row in means]
+    rows = [dict(zip(keys, row, strict=True)) for row in means]
+    if stopping is not None:
+        checks = checks or {f"val_{k}": torch.full((len(rows),), math.nan) for k in keys}
+        for key, values in checks.items():
+            for row, v in zip(rows, values.cpu().tolist(), strict=True):
+                row[key] = v
+    return rows
 
 
 def train_group(
@@ -316,29 +343,47 @@ def train_group(
     *,
     device: str | torch.device,
     states: list[RunState] | None = None,
+    validation: np.ndarray | None = None,
     on_log: Callable[[int, list[dict[str, float]]], None] | None = None,
     on_checkpoint: Callable[[list[RunState]], None] | None = None,
     progress: bool = True,
 ) -> list[RunState]:
     """Train every run of ``spec`` on ``images`` (N, H, W, C) uint8, the split's train set.
 
-    ``states`` resumes the runs (all at one iteration). ``on_log(it, rows)`` gets, every
-    ``log_every`` iterations (and at the end), one dict per run of the objective's outputs
-    averaged over the steps since the last log. ``on_checkpoint(states)`` is called every
-    ``checkpoint_every`` iterations and at the end. Returns the final states. On CUDA,
-    TF32 and cuDNN autotuning are on while it trains and as they were afterwards.
+    ``states`` resumes the runs (all at one iteration). ``validation`` (V, H, W, C) uint8:
+    held-out images, evaluated every ``spec.validate_every`` iterations and at the end
+    (:mod:`benchmark.validation`: best weights, early stopping). ``on_log(it, rows)`` gets,
+    every ``log_every`` iterations (and at the end), one dict per run of the objective's
+    outputs averaged over the steps since the last log (and ``val_<key>``, NaN where the row
+    has no validation). ``on_checkpoint(states)`` is called every ``checkpoint_every``
+    iterations and at the end. Returns the final states. On CUDA, TF32 and cuDNN autotuning
+    are on while it trains and as they were afterwards.
     """
     with _backend_flags_restored():
-        return _train_group(spec, images, device, states, on_log, on_checkpoint, progress)
+        return _train_group(spec, images, device, states, validation, on_log, on_checkpoint,
+                            progress)
 
 
-def _train_group(spec, images, device, states, on_log, on_checkpoint, progress):
+def _early_stopping(spec: GroupSpec, ens: Ensemble, validation: np.ndarray | None,
+                    states: list[RunState] | None, device: torch.device
+                    ) -> EarlyStopping | None:
+    if validation is None or not len(validation):
+        return None
+    if spec.validate_every < 1:
+        raise InputError("a validation set needs validate_every >= 1")
+    images = _images_on_device(validation, spec.image_shape, device)
+    return EarlyStopping(ens, images, spec.seeds, spec.latent_dim, spec.batch_size,
+                         spec.patience, states)
+
+
+def _train_group(spec, images, device, states, validation, on_log, on_checkpoint, progress):
     start = _check_states(spec, states)
     if start >= spec.iterations and states is not None:
         return states
     device = _setup_device(device)
     data = _images_on_device(images, spec.image_shape, device)  # (N, C, H, W) uint8
     ens = _build_ensemble(spec, device, states)
+    stopping = _early_stopping(spec, ens, validation, states, device)
     stream = _Stream(spec.seeds, len(data), spec.batch_size, spec.latent_dim, device)
     bf16 = spec.precision == "bf16" and device.type == "cuda"
     autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)  # noqa: E731
@@ -363,13 +408,16 @@ def _train_group(spec, images, device, states, on_log, on_checkpoint, progress):
         count += ens.alive
         bar.update()
         it = t + 1
-        if on_log is not None and (it % spec.log_every == 0 or it == spec.iterations):
-            on_log(it, _rows(acc, count, keys))
+        last = it == spec.iterations
+        checks = (stopping.validate(it) if stopping is not None
+                  and (it % spec.validate_every == 0 or last) else None)
+        if on_log is not None and (it % spec.log_every == 0 or last):
+            on_log(it, _rows(acc, count, keys, checks, stopping))
             acc.zero_(), count.zero_()
-        if on_checkpoint is not None and it % spec.checkpoint_every == 0 and it != spec.iterations:
-            on_checkpoint(_run_states(ens, it))
+        if on_checkpoint is not None and it % spec.checkpoint_every == 0 and not last:
+            on_checkpoint(_run_states(ens, it, stopping))
     bar.close()
-    final = _run_states(ens, spec.iterations)
+    final = _run_states(ens, spec.iterations, stopping)
     if on_checkpoint is not None:
         on_checkpoint(final)
     return final

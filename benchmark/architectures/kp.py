@@ -13,11 +13,14 @@ kp-celeba (designed for 64×64×3): the same pattern with kernel 5, encoder chan
 → ConvT 256,5,2 → ConvT 128,5,2 → Conv 3,5,1. (Their table says FC 16×16×512, which three
 stride-2 layers would decode to 128×128, not 64×64; we start at 8×8.)
 
-Convolutions use TensorFlow's "same" padding (outputs ⌈n/s⌉, zeros split with the odd one
-after), transposed ones its "same" cropping (outputs n·s). The final sigmoid of their table
-is the likelihood's (``benchmark.likelihoods``: μ = σ(u) for the Gaussian, p = σ(u) for the
-Bernoulli). Other image sizes work too: the decoder starts at ⌈H/4⌉×⌈W/4⌉ (kp-celeba
-⌈H/8⌉×⌈W/8⌉) and its output is cropped to H×W. Option ``width`` scales every channel count
+A layer followed by BatchNorm has no bias (BatchNorm removes it; with it, its gradient would
+be pure rounding noise that Adam amplifies). Convolutions use TensorFlow's "same" padding
+(outputs ⌈n/s⌉, zeros split with the odd one after), transposed ones its "same" cropping
+(outputs n·s). The final sigmoid of their table is the likelihood's
+(``benchmark.likelihoods``: μ = σ(u) for the Gaussian, p = σ(u) for the Bernoulli).
+
+Other image sizes work too: the decoder starts at ⌈H/4⌉×⌈W/4⌉ (kp-celeba ⌈H/8⌉×⌈W/8⌉) and
+its output is cropped to H×W. Option ``width`` scales every channel count
 (e.g. 0.25 for a CPU-sized network). BatchNorm layers keep per-model statistics in a stacked
 group (each model normalises its own minibatch).
 """
@@ -48,7 +51,7 @@ _CELEBA = _Plan(5, ((128, 1), (256, 2), (512, 2), (1024, 2), (1024, 2)), 512, 8,
                 ((1024, 1, True), (512, 2, True), (256, 2, True), (128, 2, False)))
 
 
-def _same_conv(cin: int, cout: int, k: int, s: int, side: tuple[int, int]
+def _same_conv(cin: int, cout: int, k: int, s: int, side: tuple[int, int], bias: bool = True
                ) -> tuple[list[nn.Module], tuple[int, int]]:
     """A convolution with "same" padding for an input of ``side``; returns (layers, new side)."""
     pads, out = [], []
@@ -59,16 +62,16 @@ def _same_conv(cin: int, cout: int, k: int, s: int, side: tuple[int, int]
         out.append(o)
     (top, bottom), (left, right) = pads
     pad = [nn.ZeroPad2d((left, right, top, bottom))] if top or bottom or left or right else []
-    return [*pad, nn.Conv2d(cin, cout, k, stride=s)], (out[0], out[1])
+    return [*pad, nn.Conv2d(cin, cout, k, stride=s, bias=bias)], (out[0], out[1])
 
 
-def _same_transpose(cin: int, cout: int, k: int, s: int, side: tuple[int, int]
-                    ) -> tuple[list[nn.Module], tuple[int, int]]:
+def _same_transpose(cin: int, cout: int, k: int, s: int, side: tuple[int, int],
+                    bias: bool = True) -> tuple[list[nn.Module], tuple[int, int]]:
     """A transposed convolution with "same" cropping (output n·s); returns (layers, new side)."""
     before = (k - s) // 2
     out = (side[0] * s, side[1] * s)
     crop = [Crop(before, before, *out)] if k != s else []
-    return [nn.ConvTranspose2d(cin, cout, k, stride=s), *crop], out
+    return [nn.ConvTranspose2d(cin, cout, k, stride=s, bias=bias), *crop], out
 
 
 def build_kp(plan: _Plan, image_shape: tuple[int, int, int], latent_dim: int, n_out: int,
@@ -78,18 +81,19 @@ def build_kp(plan: _Plan, image_shape: tuple[int, int, int], latent_dim: int, n_
     enc: list[nn.Module] = []
     side, cin = (h, w), c
     for channels, stride in plan.encoder:
-        layers, side = _same_conv(cin, scaled(channels), plan.kernel, stride, side)
+        layers, side = _same_conv(cin, scaled(channels), plan.kernel, stride, side, bias=False)
         enc += [*layers, nn.BatchNorm2d(scaled(channels)), activation_layer(activation)]
         cin = scaled(channels)
     enc += [nn.Flatten(), nn.Linear(cin * side[0] * side[1], n_out)]
     side = (-(-h // plan.upsample), -(-w // plan.upsample))
     start = (scaled(plan.start), *side)
-    dec: list[nn.Module] = [nn.Linear(latent_dim, math.prod(start)),
+    dec: list[nn.Module] = [nn.Linear(latent_dim, math.prod(start), bias=False),
                             nn.BatchNorm1d(math.prod(start)), activation_layer(activation),
                             nn.Unflatten(1, start)]
     cin = start[0]
     for channels, stride, norm in plan.decoder:
-        layers, side = _same_transpose(cin, scaled(channels), plan.kernel, stride, side)
+        layers, side = _same_transpose(cin, scaled(channels), plan.kernel, stride, side,
+                                       bias=not norm)
         dec += [*layers, *([nn.BatchNorm2d(scaled(channels))] if norm else []),
                 activation_layer(activation)]
         cin = scaled(channels)
