@@ -137,10 +137,10 @@ def import_(args: argparse.Namespace) -> int:
 def split(args: argparse.Namespace) -> int:
     from imagesets.usersplits import add_split
 
-    if (args.train is None) == (args.from_file is None):
-        raise InputError("give --train QUERY [--test QUERY] or --from FILE.npz")
     if args.test is not None and args.train is None:
         raise InputError("--test goes with --train")
+    if (args.train is None) == (args.from_file is None):
+        raise InputError("give --train QUERY [--test QUERY] or --from FILE.npz")
     train, test = add_split(args.dir, args.name, train_query=args.train, test_query=args.test,
                             from_file=args.from_file, force=args.force)
     print(f"added split {args.name!r} to {Path(args.dir).resolve()}: "

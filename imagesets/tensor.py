@@ -22,6 +22,8 @@ def channels_first(images: np.ndarray, device: Any = "cpu") -> torch.Tensor:
     import torch
 
     array = np.ascontiguousarray(images)
+    if not array.flags.writeable:  # a read-only memmap slice: torch wants its own memory
+        array = array.copy()
     if array.dtype != np.uint8 or array.ndim < 3:
         raise ValueError(f"expected uint8 images (..., H, W, C), got {array.dtype} {array.shape}")
     return torch.from_numpy(array).to(device).movedim(-1, -3).contiguous()
