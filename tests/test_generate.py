@@ -49,7 +49,10 @@ def test_tiny_dataset_layout(tiny_dataset):
     assert names == {*expected, MARKER}  # the marker is outside the manifest (fingerprint)
     manifest = json.loads((tiny_dataset / "manifest.json").read_text())
     assert set(manifest["files"]) == expected - {"manifest.json"}
-    assert manifest["counts"]["images"] == 512 and manifest["seed"] == 0
+    assert manifest["images"] == {"count": 512, "shape": [32, 32, 3]} and manifest["seed"] == 0
+    assert manifest["kind"] == "tetrominoes" and manifest["format_version"] == 2
+    assert [(f["name"], f["categorical"], f["range"]) for f in manifest["factors"]] == [
+        (name, False, list(RANGES[name])) for name in FACTOR_NAMES]
     images = np.load(tiny_dataset / "images.npy", mmap_mode="r")
     assert images.shape == (512, 32, 32, 3) and images.dtype == np.uint8
 
@@ -65,7 +68,9 @@ def test_load_matches_render_and_splits(tiny_dataset):
         np.testing.assert_array_equal(train, ref[0])
         np.testing.assert_array_equal(test, ref[1])
         assert len(train) > 0 and len(test) > 0
-        assert data.manifest["splits"][name] == {"train": len(train), "test": len(test)}
+        info = data.manifest["splits"][name]
+        assert (info["train"], info["test"]) == (len(train), len(test))
+        assert info["rule"] == name.split("-")[0]
     assert data.verify() == [] and len(data.fingerprint) == 16
 
 

@@ -5,14 +5,14 @@
 """
 
 from tetrominoes.build import generate
-from tetrominoes.data import Split, Tetrominoes, images_as_float, load, load_verified
+from tetrominoes.data import Split, Tetrominoes, load, load_verified
 from tetrominoes.factors import BINS, FACTOR_NAMES, N_IMAGES, RANGES, sample_factors
 from tetrominoes.raster import coverage, render
 from tetrominoes.splits import SPLIT_NAMES, make_split
 
 __all__ = [
     "BINS", "FACTOR_NAMES", "N_IMAGES", "RANGES", "SPLIT_NAMES", "Split", "Tetrominoes",
-    "TetrominoesDataset", "coverage", "figures", "generate", "images_as_float", "load",
+    "TetrominoesDataset", "coverage", "figures", "generate", "load",
     "load_verified", "make_split", "render", "sample_factors",
 ]
 

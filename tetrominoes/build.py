@@ -1,47 +1,33 @@
-"""Write the Tetrominoes dataset to disk (SPEC §2): images, factors, splits, manifest, preview.
+"""Write the Tetrominoes dataset to disk (SPEC §2) in rdbench's one dataset format.
 
-The directory is built in a temporary sibling and renamed into place, so a reader never
-sees half a dataset and an existing one is replaced only once the new one is complete. The
-same seed gives byte-identical files (no timestamps anywhere: zip entries of the ``.npz``
-splits carry a fixed date).
+The factors are sampled and the images rendered here (in worker processes, in row order);
+:func:`imagesets.writer.write_dataset` writes them as it does any dataset: built in a
+temporary sibling and renamed into place, streamed in bounded memory, byte-identical for the
+same seed (so the fingerprint, and the run ids built on it, are those of earlier versions).
 """
 
 from __future__ import annotations
 
-import hashlib
-import io
-import json
 import os
-import zipfile
 from collections import deque
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
-from rdbench.io import (
-    InputError,
-    atomic_write,
-    atomic_write_bytes,
-    atomic_write_json,
-    atomic_write_text,
-    check_output_dir,
-    sha256_file,
-    staged_directory,
-)
+from imagesets.writer import preview_png as _preview_png
+from imagesets.writer import write_dataset
+from rdbench.io import InputError, check_output_dir
 from rdbench.processes import exit_with_parent
 from tetrominoes.factors import BINS, FACTOR_NAMES, RANGES, sample_factors
 from tetrominoes.raster import SIZE, render
-from tetrominoes.splits import SPLIT_NAMES, make_all_splits
+from tetrominoes.splits import SPECS, make_all_splits, split_info
 
-FORMAT_VERSION = 1
 GENERATOR_VERSION = "1.0.0"  # bump when the images or splits of a seed would change
 TASK_ROWS = 4096  # rows per worker task: 12.6 MB of uint8 images
-_ZIP_DATE = (1980, 1, 1, 0, 0, 0)
 TINY_GRID = (4, 4, 2, 4, 4)  # 512 rows: the test fixture's grid (every split non-empty)
 
 
@@ -93,85 +79,6 @@ def render_in_order(factors: np.ndarray, pool: ProcessPoolExecutor | None,
     return results()
 
 
-def write_images(path: Path, chunks: Iterator[np.ndarray], n: int, progress: bool = True) -> str:
-    """Write rendered ``chunks`` (n rows in all) as ``path`` (.npy, uint8 (n, 32, 32, 3)).
-
-    The header goes first and the chunks are appended in order, so memory stays at a few
-    chunks whatever n is; the sha256 is taken on the fly and returned.
-    """
-    header = io.BytesIO()
-    np.lib.format.write_array_header_1_0(header, {
-        "descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)), "fortran_order": False,
-        "shape": (n, SIZE, SIZE, 3)})
-    digest = hashlib.sha256(header.getvalue())
-
-    def write(f) -> None:
-        f.write(header.getvalue())
-        with tqdm(total=n, unit="img", desc="render", disable=not progress) as bar:
-            for images in chunks:
-                block = images.tobytes()
-                f.write(block)
-                digest.update(block)
-                bar.update(len(images))
-
-    atomic_write(path, write)
-    return digest.hexdigest()
-
-
-def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
-    """An ``np.load``-able .npz with a fixed entry date (``np.savez`` stamps the clock).
-
-    Stored, not deflated: compressing 19 index files took seconds for ~25 MB saved.
-    """
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as z:
-        for name, array in arrays.items():
-            entry = io.BytesIO()
-            np.save(entry, np.ascontiguousarray(array), allow_pickle=False)
-            info = zipfile.ZipInfo(f"{name}.npy", date_time=_ZIP_DATE)
-            z.writestr(info, entry.getvalue())
-    return buffer.getvalue()
-
-
-def preview_png(images: np.ndarray, rows: int = 8, cols: int = 16, seed: int = 0) -> bytes:
-    """A PNG grid of ``rows × cols`` random samples, 2× enlarged, 2-pixel grey gutters."""
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    pick = np.sort(rng.choice(len(images), size=min(rows * cols, len(images)), replace=False))
-    cell = 2 * SIZE + 2
-    canvas = np.full((rows * cell + 2, cols * cell + 2, 3), 48, dtype=np.uint8)
-    for k, row in enumerate(pick):
-        i, j = divmod(k, cols)
-        big = np.repeat(np.repeat(images[row], 2, axis=0), 2, axis=1)
-        canvas[2 + i * cell:i * cell + cell, 2 + j * cell:j * cell + cell] = big
-    buffer = io.BytesIO()
-    Image.fromarray(canvas).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def _manifest(seed: int, bins: Sequence[int], n: int, splits: dict, files: dict) -> dict:
-    return {
-        "format_version": FORMAT_VERSION,
-        "generator": "rdbench tetrominoes",
-        "generator_version": GENERATOR_VERSION,
-        "rendering": "exact area coverage; colour hsv_to_rgb(hue, 1, coverage); uint8 round",
-        "seed": int(seed),
-        "factors": list(FACTOR_NAMES),
-        "ranges": {k: list(v) for k, v in RANGES.items()},
-        "bins": dict(zip(FACTOR_NAMES, (int(b) for b in bins), strict=True)),
-        "counts": {"images": n, "image_shape": [SIZE, SIZE, 3]},
-        "splits": {k: {"train": len(tr), "test": len(te)} for k, (tr, te) in splits.items()},
-        "files": dict(sorted(files.items())),
-    }
-
-
-def fingerprint(manifest: dict) -> str:
-    """Short content id: the first 16 hex digits of sha256 over the manifest's file hashes."""
-    text = json.dumps(manifest.get("files", {}), sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
 def generate(out: str | os.PathLike, *, seed: int = 0, workers: int | None = None,
              force: bool = False, progress: bool = True,
              _grid: Sequence[int] | None = None) -> Path:
@@ -185,43 +92,37 @@ def generate(out: str | os.PathLike, *, seed: int = 0, workers: int | None = Non
     bins = tuple(BINS if _grid is None else _grid)
     factors = sample_factors(int(seed), bins)
     array = factors.loc[:, list(FACTOR_NAMES)].to_numpy(np.float64)
-    pool = ProcessPoolExecutor(workers, mp_context=_context(), initializer=exit_with_parent,
-                               initargs=(os.getpid(),)) if workers > 1 else None
+    pool = (ProcessPoolExecutor(workers, mp_context=_context(), initializer=exit_with_parent,
+                                initargs=(os.getpid(),)) if workers > 1 else None)
     try:
-        with staged_directory(target, force, kind="dataset") as tmp:
-            chunks = render_in_order(array, pool, 2 * workers)  # workers start now
-            # factors and splits are written by a thread while the workers render
-            with ThreadPoolExecutor(1) as side:
-                tables = side.submit(_write_tables, tmp, factors, int(seed))
-                files = {"images.npy": write_images(tmp / "images.npy", chunks, len(array),
-                                                    progress)}
-                splits = tables.result()
-            _write_preview_and_manifest(tmp, int(seed), bins, splits, files)
+        chunks = render_in_order(array, pool, 2 * workers)  # workers start now
+        return write_dataset(
+            target, kind="tetrominoes", n=len(array), shape=(SIZE, SIZE, 3), chunks=chunks,
+            factors=factors, specs=list(SPECS), splits=lambda: _splits(factors, int(seed)),
+            seed=int(seed), extra=_extra(bins), force=force, progress=progress,
+            generator="rdbench tetrominoes")
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)
-    return target
 
 
-def _write_tables(tmp: Path, factors: pd.DataFrame, seed: int) -> dict:
-    """factors.csv and splits/<name>.npz; returns the splits."""
-    atomic_write_text(tmp / "factors.csv", factors.to_csv(index=False))
-    splits = make_all_splits(factors, seed)
-    for name in SPLIT_NAMES:
-        train, test = splits[name]
-        blob = npz_bytes({"train": train, "test": test})
-        atomic_write_bytes(tmp / "splits" / f"{name}.npz", blob)
-    return splits
+def _splits(factors: pd.DataFrame, seed: int) -> dict:
+    """The paper's 19 splits with their manifest info (on a very coarse test grid, a split
+    with an empty side is left out)."""
+    return {name: (train, test, split_info(name))
+            for name, (train, test) in make_all_splits(factors, seed).items()
+            if len(train) and len(test)}
 
 
-def _write_preview_and_manifest(tmp: Path, seed: int, bins: tuple[int, ...], splits: dict,
-                                files: dict[str, str]) -> None:
-    images = np.load(tmp / "images.npy", mmap_mode="r")
-    atomic_write_bytes(tmp / "preview.png", preview_png(images, seed=seed))
-    n = len(images)
-    del images
-    for path in sorted(tmp.rglob("*")):
-        rel = path.relative_to(tmp).as_posix()
-        if path.is_file() and rel not in files:
-            files[rel] = sha256_file(path)
-    atomic_write_json(tmp / "manifest.json", _manifest(seed, bins, n, splits, files))
+def _extra(bins: tuple[int, ...]) -> dict:
+    """Tetrominoes' own manifest fields."""
+    return {"generator_version": GENERATOR_VERSION,
+            "rendering": "exact area coverage; colour hsv_to_rgb(hue, 1, coverage); uint8 round",
+            "ranges": {k: list(v) for k, v in RANGES.items()},
+            "bins": dict(zip(FACTOR_NAMES, (int(b) for b in bins), strict=True)),
+            "display_factors": ["x", "y"]}
+
+
+def preview_png(images: np.ndarray, rows: int = 8, cols: int = 16, seed: int = 0) -> bytes:
+    """A PNG grid of ``rows × cols`` random samples, 2× enlarged, 2-pixel grey gutters."""
+    return _preview_png(images, rows, cols, seed)

@@ -10,7 +10,9 @@ All splits of one seed derive from a single random permutation π of the rows:
   train/test rows inside it (sizes ≈ n / n, train density that of ``random``).
 
 On a dataset with fewer rows than 163,840 (a coarser test grid) the cv training sizes are
-scaled by N/163,840 and rounded; ``random`` and ``cd-<n>`` need no scaling.
+scaled by N/163,840 and rounded; ``random`` and ``cd-<n>`` need no scaling. The rules
+themselves are the generic ones of :mod:`imagesets.splits` (Tetrominoes' factors are all
+continuous, with declared ranges); this module fixes the paper's names and sizes.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from imagesets import splits as generic
+from imagesets.format import FactorSpec
 from rdbench.io import InputError
 from tetrominoes.factors import FACTOR_NAMES, N_IMAGES, RANGES
 
@@ -29,6 +33,10 @@ SPLIT_NAMES: tuple[str, ...] = (
     *(f"cd-{n}" for n in CD_SIZES),
 )
 _HALF = N_IMAGES // 2  # 81,920: the reference training-set size
+LABELS = {"angle": "angle (°)", "hue": "hue", "scale": "scale (px)", "x": "x (column)",
+          "y": "y (row)"}
+SPECS: tuple[FactorSpec, ...] = tuple(FactorSpec(name, False, RANGES[name], LABELS[name])
+                                      for name in FACTOR_NAMES)
 
 
 def check_split_name(name: str) -> str:
@@ -38,35 +46,14 @@ def check_split_name(name: str) -> str:
     return name
 
 
-def _permutation(n: int, seed: int) -> np.ndarray:
-    # Its own stream: independent of the factor sample drawn from the same seed.
-    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(1,)))
-    return rng.permutation(n)
-
-
-def _pair(train_mask: np.ndarray, test_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    return np.flatnonzero(train_mask).astype(np.int64), np.flatnonzero(test_mask).astype(np.int64)
-
-
-def _first(n_train: int, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Train = the first ``n_train`` rows of the permutation, test = all the others."""
-    mask = np.zeros(n, dtype=bool)
-    mask[_permutation(n, seed)[:n_train]] = True
-    return _pair(mask, ~mask)
-
-
 def half_indices(factors: pd.DataFrame) -> np.ndarray:
     """int64 (N, 5): 1 where a factor lies in the upper half of its range, else 0."""
-    return np.column_stack([
-        (factors[name].to_numpy() >= 0.5 * sum(RANGES[name])).astype(np.int64)
-        for name in FACTOR_NAMES
-    ])
+    return generic.half_indices(factors, SPECS)
 
 
 def checkerboard(factors: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     """Train ⇔ the sum of the five half-indices is even (a 2⁵ parity mask)."""
-    even = half_indices(factors).sum(axis=1) % 2 == 0
-    return _pair(even, ~even)
+    return generic.checkerboard(factors, SPECS)
 
 
 def cd_box(n_train: int) -> dict[str, tuple[float, float]]:
@@ -75,22 +62,7 @@ def cd_box(n_train: int) -> dict[str, tuple[float, float]]:
     Every range shrinks about its centre to a fraction r^(1/5) of its width, r = n/81,920,
     so the box holds a fraction r of the 5-D volume.
     """
-    fraction = (n_train / _HALF) ** (1 / len(FACTOR_NAMES))
-    box = {}
-    for name in FACTOR_NAMES:
-        lo, hi = RANGES[name]
-        centre, half = 0.5 * (lo + hi), 0.5 * (hi - lo) * fraction
-        box[name] = (centre - half, centre + half)
-    return box
-
-
-def in_box(factors: pd.DataFrame, box: dict[str, tuple[float, float]]) -> np.ndarray:
-    """bool (N,): the rows inside ``box`` (half-open, lo' ≤ v < hi' in every factor)."""
-    inside = np.ones(len(factors), dtype=bool)
-    for name, (lo, hi) in box.items():
-        v = factors[name].to_numpy()
-        inside &= (v >= lo) & (v < hi)
-    return inside
+    return generic.cd_box(n_train, _HALF, RANGES)
 
 
 def cv_train_size(n_train: int, n_rows: int) -> int:
@@ -103,15 +75,20 @@ def make_split(name: str, factors: pd.DataFrame, seed: int = 0) -> tuple[np.ndar
     check_split_name(name)
     n = len(factors)
     if name == "random":
-        return _first(n // 2, n, seed)
+        return generic.random_split(n, seed)
     if name == "checkerboard":
         return checkerboard(factors)
     kind, size = name.split("-")
     if kind == "cv":
-        return _first(cv_train_size(int(size), n), n, seed)
-    train, test = _first(n // 2, n, seed)
-    inside = in_box(factors, cd_box(int(size)))
-    return train[inside[train]], test[inside[test]]
+        return generic.first_of_permutation(cv_train_size(int(size), n), n, seed)
+    return generic.cd_split(cd_box(int(size)), factors, seed)
+
+
+def split_info(name: str) -> dict:
+    """The manifest entry's extra fields of split ``name`` (its rule, a cd split's box)."""
+    if name.startswith("cd-"):
+        return generic.box_info(cd_box(int(name.split("-")[1])))
+    return {"rule": name.split("-")[0]}
 
 
 def make_all_splits(
