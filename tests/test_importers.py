@@ -6,6 +6,7 @@ import gzip
 import io
 import struct
 import zipfile
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -478,3 +479,36 @@ def test_folder_bad_trees_are_refused(case, text, tmp_path, capsys):
         save(tree / "loose.png", np.zeros((4, 4, 3), np.uint8))
     code, err = run(capsys, "folder", "--from", tree, "--out", tmp_path / "out")
     refused(code, err, tmp_path / "out", text)
+
+
+# ------------------------------------------------------------------------ import bench
+def test_the_synthetic_factor_grid_is_3dshapes_own():
+    from imagesets.bench import factor_grid
+
+    rows = factor_grid(480_000)  # 10 × 10 × 10 hues, 8 scales, 4 shapes, 15 orientations
+    assert len(np.unique(rows, axis=0)) == 480_000
+    assert sorted(np.unique(rows[:, 4])) == [0, 1, 2, 3]
+
+
+def test_import_bench_imports_a_synthetic_file_in_a_child(tmp_path):
+    from imagesets.bench import bench_import_3dshapes
+
+    row = bench_import_3dshapes(n=64)
+    assert row["images"] == 64 and row["pixels_mb"] == 64 * 64 * 64 * 3 / 2**20
+    assert row["images_per_s"] == pytest.approx(64 / row["seconds"])
+    assert 0 < row["peak_rss_mb"] < 4096
+
+
+def test_bench_data_refuses_a_too_small_temporary_disk_before_measuring(capsys, monkeypatch):
+    import shutil
+
+    import tetrominoes.bench
+
+    def not_measured(*args, **kwargs):
+        raise AssertionError("measured although the disk is too small")
+
+    monkeypatch.setattr(tetrominoes.bench, "compare_renderers", not_measured)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: SimpleNamespace(free=10**6))
+    assert main(["bench", "data", "--quick"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("rdbench: error: the import bench needs") and err.count("\n") == 1

@@ -1,4 +1,5 @@
-"""``rdbench bench data``: rendering throughput, full generation time and peak memory (§8).
+"""``rdbench bench data``: rendering throughput, full generation time and peak memory (§8),
+and the import throughput and peak memory of a 3dShapes-sized file (:mod:`imagesets.bench`).
 
 Both renderers draw the same random factors in the same process, one after the other:
 ``tetrominoes.render`` (vectorised, exact coverage, one process) against the per-image
@@ -108,12 +109,18 @@ def markdown(result: dict) -> str:
         f"{g['load_average_1min']:.1f}) | < 30 s (full) |",
         f"| peak memory (parent + workers) | ≤ {g['peak_rss_mb_upper_bound']:,.0f} MB | < 2 GB |",
     ]
+    if "import" in result:  # results written before the import bench have no such row
+        from imagesets.bench import markdown_rows
+
+        rows += markdown_rows(result["import"])
     return "\n".join(rows)
 
 
 def run(quick: bool = False, workers: int | None = None) -> dict:
+    from imagesets.bench import bench_import_3dshapes, check_import_disk
     from tetrominoes.build import default_workers
 
+    check_import_disk(quick)  # before minutes of measuring
     workers = workers or default_workers()
     grid = QUICK_GRID if quick else None
     result = {
@@ -123,6 +130,7 @@ def run(quick: bool = False, workers: int | None = None) -> dict:
         "render": compare_renderers(256 if quick else 4096),
         "generate": time_generation(workers, grid),
         "full_dataset_images": N_IMAGES,
+        "import": bench_import_3dshapes(quick),
     }
     return result
 
