@@ -8,6 +8,7 @@ import struct
 import zipfile
 from types import SimpleNamespace
 
+import h5py
 import numpy as np
 import pytest
 from PIL import Image
@@ -211,14 +212,12 @@ def test_dsprites_damaged_archives_are_refused(case, text, tmp_path, capsys):
 
 # ------------------------------------------------------------------------ 3dShapes
 def shapes3d_file(tmp_path, n=11, labels_rows=None, datasets=("images", "labels")):
-    import h5py
-
     images = RNG.integers(0, 256, (n, 8, 6, 3), np.uint8)
     labels = np.column_stack([RNG.random((n, 4)), RNG.integers(0, 4, n), RNG.random(n)])
     path = tmp_path / shapes3d.FILE
     with h5py.File(path, "w") as f:
         if "images" in datasets:
-            f.create_dataset("images", data=images, chunks=(2, 8, 6, 3), compression="gzip")
+            f.create_dataset("images", data=images, chunks=(3, 8, 6, 3), compression="gzip")
         if "labels" in datasets:
             f.create_dataset("labels", data=labels[:labels_rows])
     return path, images, labels
@@ -227,6 +226,8 @@ def shapes3d_file(tmp_path, n=11, labels_rows=None, datasets=("images", "labels"
 def test_3dshapes_pixels_and_factors(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(shapes3d, "CHUNK", 4)
     path, images, labels = shapes3d_file(tmp_path)
+    with h5py.File(path) as f:  # reads cover whole storage chunks of 3 rows
+        assert shapes3d.rows_per_read(f["images"]) == 3
     code, err = run(capsys, "3dshapes", "--from", path, "--out", tmp_path / "out")
     assert code == 0, err
     data = load_verified(tmp_path / "out")

@@ -24,6 +24,7 @@ from rdbench.io import InputError, sha256_file
 FILE = "3dshapes.h5"
 FACTORS = ("floor_hue", "wall_hue", "object_hue", "scale", "shape", "orientation")
 SHAPES = ("cube", "cylinder", "sphere", "capsule")
+MAX_READ = 1 << 30  # bytes: the most one read may take to cover whole storage chunks
 
 
 def open_h5(path: Path):
@@ -63,13 +64,25 @@ def check_file(h5, path: Path) -> tuple[tuple[int, int, int, int], pd.DataFrame]
     return images.shape, factors
 
 
+def rows_per_read(images) -> int:
+    """About ``CHUNK`` rows, a whole number of the file's storage chunks (so that each
+    compressed chunk is inflated once, whatever h5py's small chunk cache holds), unless one
+    storage chunk alone is larger than ``MAX_READ`` bytes."""
+    stored = images.chunks[0] if images.chunks else 1
+    row_bytes = int(np.prod(images.shape[1:]))
+    if stored * row_bytes > MAX_READ:
+        return CHUNK
+    return max(1, CHUNK // stored) * stored
+
+
 def image_chunks(path: Path, n: int) -> Iterator[np.ndarray]:
-    """uint8 (k, H, W, C) chunks of ``images``, ``CHUNK`` rows at a time."""
+    """uint8 (k, H, W, C) chunks of ``images``, about ``CHUNK`` rows at a time."""
     with open_h5(path) as h5:
         images = h5["images"]
-        for start in range(0, n, CHUNK):
+        step = rows_per_read(images)
+        for start in range(0, n, step):
             try:
-                block = images[start:min(n, start + CHUNK)]
+                block = images[start:min(n, start + step)]
             except OSError as e:  # a damaged compressed chunk
                 raise InputError(f"{path.name}: 'images' rows from {start} are unreadable "
                                  f"({e})") from None
