@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import re
 import sys
 import time
 from importlib import resources
@@ -18,9 +17,11 @@ from rdbench.io import (
     InputError,
     atomic_write_text,
     check_output_dir,
-    foreign_entries,
+    foreign_paths,
+    is_leftover,
     json_or_none,
     output_kind,
+    unlisted_paths,
 )
 
 # Estimator settings sized for a 2-core CPU; `rdbench evaluate` defaults are the paper's.
@@ -91,8 +92,9 @@ def check_previous_demo(out: Path) -> None:
     """Refuse ``--force`` when an entry the demo would remove or replace is not the demo's.
 
     ``data/`` must be an rdbench dataset, ``report/`` an rdbench report, ``runs/`` the runs
-    of the demo grid only, ``demo.toml`` the demo's grid file: a user's file of the same
-    name is never deleted. Anything else in ``out`` is left alone and does not matter.
+    of the demo grid only, ``demo.toml`` the demo's grid file, each holding, at every
+    depth, only what rdbench wrote there: a user's file is never deleted. Anything else in
+    ``out`` is left alone and does not matter.
     """
     problems = [f"{name} ({why})" for name, why in [
         ("data", _not_of_kind(out / "data", "dataset")),
@@ -104,33 +106,90 @@ def check_previous_demo(out: Path) -> None:
                          f"what the demo did not write: {'; '.join(problems)}")
 
 
-def _not_of_kind(path: Path, kind: str) -> str | None:
-    """Why ``path`` is not an intact rdbench output of ``kind`` (or of a sub-kind, such as
-    ``kp-objectives`` of ``kp``), or None when it is, is empty or is absent."""
+def _foreign_in(path: Path, kind: str) -> str | None:
+    """The first path in ``path`` rdbench did not write, "" when ``path`` is not an rdbench
+    output of ``kind`` (or of a sub-kind, such as ``kp-objectives`` of ``kp``) at all, or
+    None when it is one, intact, or is empty or absent."""
     if _absent_or_empty(path):
         return None
-    found = output_kind(path) if path.is_dir() else None
+    found = output_kind(path) if path.is_dir() and not path.is_symlink() else None
     if found is None or not (found == kind or found.startswith(f"{kind}-")):
-        return f"not an rdbench {kind}"
-    extra = foreign_entries(path)
-    return f"holds {extra[0]}, which rdbench did not write" if extra else None
+        return ""
+    extra = foreign_paths(path)
+    return extra[0] if extra else None
+
+
+def _not_of_kind(path: Path, kind: str) -> str | None:
+    """Why ``path`` is not an intact rdbench output of ``kind``, or None when it is."""
+    extra = _foreign_in(path, kind)
+    if extra is None:
+        return None
+    return f"holds {extra}, which rdbench did not write" if extra else f"not an rdbench {kind}"
+
+
+# What rdbench writes in a run directory (benchmark/runs.py, evaluate, the train lease).
+RUN_FILES = ("config.json", "status.json", "history.csv", "checkpoint.pt",
+             "checkpoint.prev.pt", "model.pt", "model_best.pt", "metrics*.json", ".lock",
+             "tb/events.out.tfevents.*", "tb/*/events.out.tfevents.*")
 
 
 def _not_demo_runs(runs: Path) -> str | None:
     """Why ``runs`` is not (only) the demo grid's runs directory, or None when it is."""
     if _absent_or_empty(runs):
         return None
-    grids = runs / "grids"  # benchmark.train's marker: RUNS_DIR/grids/<name>.json
-    if not runs.is_dir() or not grids.is_dir():
-        return "not an rdbench runs directory"
-    if {p.name for p in grids.iterdir() if not _leftover(p)} - {f"{_demo_grid_name()}.json"}:
+    if runs.is_symlink() or not runs.is_dir() or not (runs / "grids").is_dir():
+        return "not an rdbench runs directory"  # (grids/<name>.json marks one)
+    return next(filter(None, map(_runs_entry_problem, sorted(runs.iterdir()))), None)
+
+
+def _runs_entry_problem(path: Path) -> str | None:
+    """Why ``path``, in the runs directory, is not what rdbench writes there, or None."""
+    if _leftover(path):
+        return None
+    if path.is_symlink():
+        return f"holds {path.name}, a symbolic link"
+    if path.name == "grids":
+        return _grids_problem(path)
+    if path.name == "neighbours":
+        return _unlisted(path, ("*.npz",))
+    if path.name in ("report", "kp"):
+        return _outputs_problem(path)
+    if _is_run(path):
+        return _unlisted(path, RUN_FILES)
+    return f"holds {path.name}, which is not a run"
+
+
+def _unlisted(path: Path, patterns: tuple[str, ...]) -> str | None:
+    extra = unlisted_paths(path, patterns)
+    return f"holds {path.name}/{extra[0]}, which rdbench did not write there" if extra \
+        else None
+
+
+def _grids_problem(grids: Path) -> str | None:
+    """grids/ holds the demo grid's file, the train lock and rdbench's leftovers only."""
+    extra = unlisted_paths(grids, (f"{_demo_grid_name()}.json", ".lock"))
+    if any(name.endswith(".json") for name in extra):
         return "holds runs of other grids than the demo's"
-    foreign = [p.name for p in runs.iterdir() if p.name not in ("grids", "neighbours")
-               and not _is_run(p) and not _leftover(p) and not _rdbench_outputs(p)]
-    return f"holds {foreign[0]}, which is not a run" if foreign else None
+    return f"holds grids/{extra[0]}, which rdbench did not write there" if extra else None
 
 
-_DEBRIS = re.compile(r"^\..+\.(tmp|partial|old-[0-9a-f]+)$|^\.lock$")  # rdbench's own
+def _outputs_problem(path: Path) -> str | None:
+    """``report`` (an rdbench report) or ``kp`` (only rdbench kp analyses) written into
+    the runs, holding nothing rdbench did not write there."""
+    if path.name == "report":
+        outputs = [(path, "report")]
+    elif path.is_dir():
+        outputs = [(p, "kp") for p in sorted(path.iterdir()) if not _leftover(p)]
+    else:
+        outputs = [(path, "kp")]
+    for output, kind in outputs:
+        extra = _foreign_in(output, kind)
+        if extra == "":
+            return f"holds {path.name}, which is not a run"
+        if extra:
+            rel = output.relative_to(path.parent).as_posix()
+            return f"holds {rel}/{extra}, which rdbench did not write there"
+    return None
 
 
 def _is_run(path: Path) -> bool:
@@ -140,28 +199,23 @@ def _is_run(path: Path) -> bool:
 
 
 def _leftover(path: Path) -> bool:
-    """A temporary entry of a killed atomic write or staged output (``.NAME.<hex>.tmp``,
-    ``.partial``, ``.old-<hex>``), the train lock, or a run directory killed before its
-    config.json was written: rdbench's own debris."""
-    return bool(_DEBRIS.match(path.name)) or _absent_or_empty(path)
+    """What a killed rdbench process left (its temporary file or staged directory, see
+    :func:`rdbench.io.is_leftover`; never a user's entry that only has such a name), or
+    an empty directory (a run killed before its config.json was written)."""
+    return is_leftover(path) or (path.is_dir() and not path.is_symlink()
+                                 and not any(path.iterdir()))
 
 
 def _absent_or_empty(path: Path) -> bool:
     """Nothing there: no such path, or an empty directory."""
+    if path.is_symlink():
+        return False
     return not path.exists() or (path.is_dir() and not any(path.iterdir()))
 
 
-def _rdbench_outputs(path: Path) -> bool:
-    """``report`` (an rdbench report) or ``kp`` (only rdbench kp analyses) written into the
-    runs, holding nothing rdbench did not write there."""
-    if path.name == "report":
-        return _not_of_kind(path, "report") is None
-    if path.name == "kp" and path.is_dir():
-        return all(_leftover(p) or _not_of_kind(p, "kp") is None for p in path.iterdir())
-    return False
-
-
 def _not_demo_grid(path: Path, data_dir: Path) -> str | None:
+    if path.is_symlink():
+        return "a symbolic link"
     if not path.exists():
         return None
     try:

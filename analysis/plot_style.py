@@ -20,7 +20,7 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
 
-from rdbench.io import atomic_write  # noqa: E402
+from rdbench.io import FIGURE_METADATA, atomic_write  # noqa: E402
 
 # Okabe & Ito (2008), colour-blind safe; yellow last because it is faint on white.
 PALETTE = ("#0072B2", "#D55E00", "#009E73", "#E69F00", "#CC79A7", "#56B4E9", "#000000",
@@ -84,7 +84,8 @@ def save(fig: plt.Figure, stem: str | Path) -> list[Path]:
     for fmt in ("png", "pdf"):
         path = stem.with_name(f"{stem.name}.{fmt}")
         atomic_write(path, lambda f, fmt=fmt: fig.savefig(f, format=fmt, dpi=DPI,
-                                                          bbox_inches="tight"))
+                                                          bbox_inches="tight",
+                                                          metadata=FIGURE_METADATA))
         paths.append(path)
     plt.close(fig)
     return paths

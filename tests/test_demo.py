@@ -8,6 +8,7 @@ import pytest
 
 from analysis import demo
 from rdbench.cli import main
+from rdbench.files import temporary_name
 from rdbench.io import MARKER, InputError
 
 
@@ -84,8 +85,10 @@ def test_rdbench_debris_and_outputs_in_the_runs_do_not_block_a_rerun(tmp_path):
     for sub, kind in (("report", "report"), ("kp/objectives", "kp-objectives")):
         (out / "runs" / sub).mkdir(parents=True)
         (out / "runs" / sub / MARKER).write_text(json.dumps({"kind": kind, "entries": []}))
-    (out / "runs" / "kp" / ".jacobian.1a2b.partial").mkdir()  # a killed kp analysis
-    (out / "runs" / "grids" / ".demo.json.1a2b.tmp").write_text("{")
+    staged = out / "runs" / "kp" / temporary_name("jacobian", "partial")  # a killed kp analysis
+    staged.mkdir()
+    (staged / "jacobian.csv").write_text("x")
+    (out / "runs" / "grids" / temporary_name("demo.json", "tmp")).write_text("{")
     (out / "runs" / "0123abcd").mkdir()
     demo.check_previous_demo(out)
 

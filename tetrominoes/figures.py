@@ -18,7 +18,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 
-from rdbench.io import atomic_write_bytes  # noqa: E402
+from rdbench.io import FIGURE_METADATA, atomic_write_bytes  # noqa: E402
 from tetrominoes.data import Tetrominoes, load  # noqa: E402
 from tetrominoes.factors import FACTOR_NAMES, RANGES  # noqa: E402
 from tetrominoes.splits import cd_box, half_indices  # noqa: E402
@@ -33,7 +33,8 @@ def save_figure(fig, path: str | os.PathLike, dpi: int = 150) -> Path:
     path = Path(path)
     buffer = io.BytesIO()
     fig.savefig(buffer, format=path.suffix.lstrip(".").lower() or "png", dpi=dpi,
-                bbox_inches="tight", metadata={"Software": None} if path.suffix == ".png" else {})
+                bbox_inches="tight", metadata={**FIGURE_METADATA, "Software": None}
+                if path.suffix == ".png" else FIGURE_METADATA)
     plt.close(fig)
     return atomic_write_bytes(path, buffer.getvalue())
 
