@@ -2,6 +2,7 @@
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -55,7 +56,16 @@ def test_a_grid_file_from_before_the_header_is_still_the_demos(tmp_path):
     (True, "runs/report/notes.md", "runs (holds report, which is not a run)"),
     (False, "report/notes.txt", "report (not an rdbench report)"),
     (False, "data/notes.txt", "data (not an rdbench dataset)"),
-    (False, "demo.toml", "demo.toml (not the demo's grid file)")])
+    (False, "demo.toml", "demo.toml (not the demo's grid file)"),
+    # every depth (issue #13; was: only the top-level entries of runs/ were looked at)
+    (True, "runs/run1/notes.md", "runs (holds run1/notes.md, which rdbench did not write"),
+    (True, "runs/run1/tb/mine/a.txt", "runs (holds run1/tb/mine/a.txt, which rdbench did"),
+    (True, "runs/run1/.config.json.1234abcd5678.tmp", "runs (holds run1/.config.json.1234"),
+    (True, "runs/neighbours/notes.txt", "runs (holds neighbours/notes.txt, which rdbench"),
+    (True, "runs/.report.cafebabe1234.partial/a.md",  # named like rdbench's, not rdbench's
+     "runs (holds .report.cafebabe1234.partial, which is not a run)"),
+    (True, "report/figures/my_notes.md",
+     "report (holds figures/my_notes.md, which rdbench did not write)")])
 def test_force_refuses_entries_the_demo_did_not_write(tmp_path, capsys, earlier, entry, why):
     out = _earlier_demo(tmp_path) if earlier else tmp_path
     out.joinpath(entry).parent.mkdir(parents=True, exist_ok=True)
@@ -102,3 +112,43 @@ def test_force_does_not_clear_runs_a_train_is_writing(tmp_path):
         with pytest.raises(InputError, match="another `rdbench train` is writing to"):
             demo._clear_previous_demo(out)
     assert (out / "runs" / "run1" / "config.json").is_file()
+
+
+def test_what_rdbench_writes_in_the_runs_does_not_block_a_rerun(tmp_path):
+    """Every file train and evaluate write in a run directory, at any depth."""
+    out = _earlier_demo(tmp_path)
+    run = out / "runs" / "run1"
+    for name in ("status.json", "history.csv", "checkpoint.pt", "checkpoint.prev.pt",
+                 "model.pt", "metrics.json", ".lock", "tb/events.out.tfevents.1.host",
+                 temporary_name("model.pt", "tmp")):
+        (run / name).parent.mkdir(exist_ok=True)
+        (run / name).write_text("rdbench")
+    (out / "runs" / "neighbours" / "random.npz").write_text("rdbench")
+    demo.check_previous_demo(out)
+
+
+def test_force_refuses_a_users_file_deep_in_an_output_in_the_runs(tmp_path):
+    """RUNS/report/figures/my_notes.md (was: only report/'s top-level entries were checked)."""
+    from rdbench.io import atomic_write_text, staged_directory
+
+    out = _earlier_demo(tmp_path)
+    with staged_directory(out / "runs" / "report", kind="report") as tmp:
+        atomic_write_text(tmp / "figures" / "rd.png", "x")
+    demo.check_previous_demo(out)
+    (out / "runs" / "report" / "figures" / "my_notes.md").write_text("mine")
+    with pytest.raises(InputError, match=re.escape(
+            "runs (holds report/figures/my_notes.md, which rdbench did not write there)")):
+        demo.check_previous_demo(out)
+
+
+def test_force_refuses_symlinks_the_demo_would_remove(tmp_path):
+    out = _earlier_demo(tmp_path)
+    (tmp_path / "elsewhere").mkdir()
+    (out / "runs" / "run1" / "model.pt").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(InputError, match=re.escape("runs (holds run1/model.pt")):
+        demo.check_previous_demo(out)
+    (out / "runs" / "run1" / "model.pt").unlink()
+    shutil.rmtree(out / "report")
+    (out / "report").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(InputError, match=re.escape("report (not an rdbench report)")):
+        demo.check_previous_demo(out)
