@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from benchmark.models import MAX_LATENT_DIM
 from rdbench.io import InputError
 
 if sys.version_info >= (3, 11):
@@ -82,11 +83,9 @@ _BOUNDS: dict[str, tuple[float, float, str]] = {
     "iterations": (1, _INT64_MAX, _INT64),
     "checkpoint_every": (1, _INT64_MAX, _INT64),
     "log_every": (1, _INT64_MAX, _INT64),
-    "batch_size": (1, 65_536, "a larger minibatch would not fit in memory, not even for "
-                              "--dry-run's one step"),
-    "latent_dim": (1, 4096, "a larger model would not fit in memory, not even for --dry-run's "
-                            "one step"),
-    "block_sizes": (1, 4096, "a block divides latent_dim"),
+    "batch_size": (1, 65_536, "a larger minibatch would not fit in a GPU's memory"),
+    "latent_dim": (1, MAX_LATENT_DIM, "the largest latent space a model is built with"),
+    "block_sizes": (1, MAX_LATENT_DIM, "a block divides latent_dim"),
     "max_group_size": (1, 65_536, "models trained at once, each with its own weights"),
 }
 
