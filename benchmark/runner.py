@@ -202,7 +202,7 @@ def run_job(job: Job, device: str, progress: bool = True, threads: int | None = 
     outputs = job.outputs()  # per trained run: its directory, then those of its copies
     dirs = list(dict.fromkeys(itertools.chain.from_iterable(outputs)))
     with contextlib.ExitStack() as leases:
-        if not all([leases.enter_context(exclusive_lock(d / LEASE)) for d in dirs]):
+        if not all([_lease(leases, d) for d in dirs]):
             return [(d.name, "busy") for d in dirs]
         if any(_moved_on(d, job.start) for d in dirs):
             return [(d.name, "stale") for d in dirs]
@@ -210,6 +210,12 @@ def run_job(job: Job, device: str, progress: bool = True, threads: int | None = 
 
 
 LEASE = ".lock"  # in a run directory: held while a process trains the run
+
+
+def _lease(leases: contextlib.ExitStack, run_dir: Path) -> bool:
+    """Try to hold the run's lease until ``leases`` closes; whether it is held."""
+    with runs_io.writing(run_dir / LEASE, run_dir.name):  # (opened for appending)
+        return leases.enter_context(exclusive_lock(run_dir / LEASE))
 
 
 def _moved_on(run_dir: Path, start: int) -> bool:
@@ -282,13 +288,21 @@ def dispatch(jobs: list[Job], devices: list[str], workers: int, backend: str,
 
     ``client``: the connected Dask client (``connect``) when ``backend == "dask"``; joblib's
     Dask backend uses it as the current client, and the caller closes it."""
-    from joblib import Parallel, delayed, parallel_config
     from tqdm.auto import tqdm
 
     if not jobs:
         return []
     results: list[tuple[str, str]] = []
-    bar = tqdm(total=len(jobs), desc="jobs", unit="job", position=0, file=sys.stderr)
+    with tqdm(total=len(jobs), desc="jobs", unit="job", position=0, file=sys.stderr) as bar:
+        _run_all(jobs, devices, workers, backend, bar, results)
+    return results
+
+
+def _run_all(jobs: list[Job], devices: list[str], workers: int, backend: str, bar: Any,
+             results: list[tuple[str, str]]) -> None:
+    """``dispatch``'s loop: ``results`` grows by each job's statuses as it ends."""
+    from joblib import Parallel, delayed, parallel_config
+
     if backend == "dask":
         calls = (delayed(run_job)(job, devices[i % len(devices)], False)
                  for i, job in enumerate(jobs))
@@ -310,8 +324,6 @@ def dispatch(jobs: list[Job], devices: list[str], workers: int, backend: str,
                                 return_as="generator_unordered")(calls):
                 results += out
                 bar.update()
-    bar.close()
-    return results
 
 
 def run_job_in_slot(job: Job, slot_dir: str, slots: list[str], threads: int, parent: int
@@ -323,9 +335,22 @@ def run_job_in_slot(job: Job, slot_dir: str, slots: list[str], threads: int, par
     Devices go with slots, not with job numbers: handing job i the device i mod n would,
     once jobs differ in length, start a job on a GPU that is still busy while another idles.
     """
-    exit_with_parent(parent)
+    _setup_worker(parent)
     with claim_slot(Path(slot_dir), slots) as i:
         return run_job(job, slots[i], False, threads)
+
+
+def _setup_worker(parent: int) -> None:
+    """In a loky worker, before each job: end the worker when ``parent`` dies (started once),
+    and give tqdm a thread lock. tqdm's default is a multiprocessing semaphore, which a worker
+    that joblib kills (another job failed) leaks, with a warning on stderr below the error;
+    a worker draws no bars."""
+    import threading
+
+    from tqdm.auto import tqdm
+
+    exit_with_parent(parent)
+    tqdm.set_lock(threading.RLock())
 
 
 @contextlib.contextmanager

@@ -19,9 +19,13 @@ group as before, and end with the weights of an uninterrupted run.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import os
+import sys
+import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,11 +42,26 @@ FINISHED = ("done", "failed")  # a run in one of these is never trained again
 
 
 def find_runs(runs_dir: str | Path) -> list[Path]:
-    """Run directories below ``runs_dir`` (those holding a ``config.json``), sorted by id."""
+    """Run directories below ``runs_dir`` (those holding a ``config.json``), sorted by id.
+
+    A run directory or ``config.json`` that is a symbolic link is skipped, with a warning
+    (once per process): a run is read, and written, only inside its runs directory."""
     runs_dir = Path(runs_dir)
     if not runs_dir.is_dir():
         raise InputError(f"runs directory not found: {runs_dir}")
-    return sorted(p.parent for p in runs_dir.glob("*/config.json"))
+    found = []
+    for config in sorted(runs_dir.glob("*/config.json")):
+        link = next((p for p in (config.parent, config) if p.is_symlink()), None)
+        if link is None:
+            found.append(config.parent)
+        elif link not in _WARNED:
+            _WARNED.add(link)
+            print(f"rdbench: warning: skipped {link}: a symbolic link (runs are read only "
+                  "from inside the runs directory)", file=sys.stderr)
+    return found
+
+
+_WARNED: set[Path] = set()  # links find_runs has warned about
 
 
 def read_config(run_dir: str | Path) -> dict[str, Any]:
@@ -53,7 +72,11 @@ def read_status(run_dir: str | Path) -> dict[str, Any]:
     path = Path(run_dir) / "status.json"
     if not path.exists():
         return {"status": "pending", "reason": None, "iteration": 0}
-    status = read_json(path)
+    try:
+        status = read_json(path)
+    except OSError as e:  # unreadable, a directory...
+        raise InputError(f"unreadable {path} ({e.strerror or e}); make it readable, or "
+                         "delete the run directory to train the run again") from None
     if not isinstance(status, dict) or status.get("status") not in STATUSES:
         raise InputError(f"{path} is not a run status (expected a JSON object with \"status\" "
                          f"one of {', '.join(STATUSES)}); restore it, or delete the run "
@@ -68,22 +91,52 @@ def is_finished(run_dir: str | Path) -> bool:
 
 def write_status(run_dir: Path, status: str, iteration: int, reason: str | None = None) -> None:
     assert status in STATUSES, status
-    atomic_write_json(run_dir / "status.json",
-                      {"status": status, "reason": reason, "iteration": int(iteration)})
+    with writing(run_dir / "status.json", run_dir.name):
+        atomic_write_json(run_dir / "status.json",
+                          {"status": status, "reason": reason, "iteration": int(iteration)})
+
+
+class RunWriteError(InputError):
+    """A run file could not be written (a full disk, a read-only file system...)."""
+
+
+@contextlib.contextmanager
+def writing(path: Path, run: str | None = None) -> Iterator[None]:
+    """Report a failed write of ``path`` (a file of the run ``run``, if any) as one line: an
+    OSError, or the RuntimeError ``torch.save`` raises when a write stops short (a disk that
+    fills up mid-file). The error pickles: it crosses from a loky worker to ``rdbench
+    train``, which adds what was kept."""
+    try:
+        yield
+    except (OSError, RuntimeError) as e:
+        if isinstance(e, OSError):
+            reason = e.strerror or str(e)
+        else:
+            reason = "torch.save could not write the whole file (is the disk full?)"
+        of_run = f" (run {run})" if run else ""
+        raise RunWriteError(f"cannot write {path}{of_run}: {reason}") from None
 
 
 def create_run(runs_dir: Path, config: dict[str, Any]) -> Path:
     """Make a run's directory with its ``config.json`` (kept if it already exists); a
     finished run loses checkpoints a kill inside ``finish_run`` left behind."""
     run_dir = Path(runs_dir) / config["run_id"]
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if not (run_dir / "config.json").exists():
-        atomic_write_json(run_dir / "config.json", config)
+    with writing(run_dir / "config.json", run_dir.name):
+        run_dir.mkdir(parents=True, exist_ok=True)
+        fresh = not (run_dir / "config.json").exists()
+        if fresh:
+            atomic_write_json(run_dir / "config.json", config)
+    if fresh:
         write_status(run_dir, "pending", 0)
     elif is_finished(run_dir):
-        for name in CHECKPOINTS:
-            (run_dir / name).unlink(missing_ok=True)
+        _remove(run_dir, CHECKPOINTS)
     return run_dir
+
+
+def _remove(run_dir: Path, names: tuple[str, ...]) -> None:
+    for name in names:
+        with writing(run_dir / name, run_dir.name):
+            (run_dir / name).unlink(missing_ok=True)
 
 
 def read_history(run_dir: Path, up_to: int | None = None) -> list[dict[str, float]]:
@@ -99,6 +152,9 @@ def read_history(run_dir: Path, up_to: int | None = None) -> list[dict[str, floa
     except (ValueError, TypeError, KeyError) as e:  # a hand-edited or foreign file
         raise InputError(f"unreadable {path} ({type(e).__name__}: {e}); restore it, or "
                          "delete the run directory to train the run again") from None
+    except OSError as e:  # unreadable, a directory...
+        raise InputError(f"unreadable {path} ({e.strerror or e}); make it readable, or "
+                         "delete the run directory to train the run again") from None
     return [r for r in rows if up_to is None or r["iteration"] <= up_to]
 
 
@@ -110,7 +166,8 @@ def write_history(run_dir: Path, rows: list[dict[str, float]]) -> None:
     writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-    atomic_write_text(run_dir / "history.csv", buffer.getvalue())
+    with writing(run_dir / "history.csv", run_dir.name):
+        atomic_write_text(run_dir / "history.csv", buffer.getvalue())
 
 
 CHECKPOINTS = ("checkpoint.pt", "checkpoint.prev.pt")  # the latest, the one before
@@ -123,26 +180,22 @@ def save_checkpoint(run_dir: Path, state: Any, history: list[dict[str, float]],
     ``checkpoint.prev.pt``."""
     write_history(run_dir, history)
     latest, previous = (run_dir / name for name in CHECKPOINTS)
-    if latest.exists():
-        os.replace(latest, previous)
-    atomic_torch_save(latest, {**state.to_dict(), "group": list(group)})
+    with writing(latest, run_dir.name):
+        if latest.exists():
+            os.replace(latest, previous)
+        atomic_torch_save(latest, {**state.to_dict(), "group": list(group)})
     write_status(run_dir, "running", state.iteration)
 
 
 def checkpoints(run_dir: Path) -> tuple[dict[int, Path], tuple[str, ...]]:
     """(iteration -> file the run can resume from, with 0 (a fresh start) always; the run
     ids of the job that wrote its latest checkpoint, () if it has none)."""
-    import torch
-
     found: dict[int, Path] = {0: Path(run_dir) / CHECKPOINTS[0]}
     group: tuple[str, ...] = ()
     for path in (Path(run_dir) / name for name in reversed(CHECKPOINTS)):
         if path.exists():
-            try:  # mmap: reads the header fields, copies no tensor
-                payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-            except Exception as e:  # a torn file cannot happen (atomic), a foreign one can
-                raise InputError(f"unreadable checkpoint {path}: {e}") from None
-            found[int(payload["iteration"])] = path
+            payload = _read_checkpoint(path, mmap=True)  # reads the fields, copies no tensor
+            found[payload["iteration"]] = path
             group = tuple(payload.get("group", ()))
     return found, group
 
@@ -151,48 +204,54 @@ def rewind(run_dir: Path, iteration: int) -> None:
     """Leave the run's checkpoint at ``iteration`` as ``checkpoint.pt`` and drop any other
     (none at all for 0), so that the next save rotates from a consistent state."""
     run_dir = Path(run_dir)
-    for leftover in run_dir.glob(".*.tmp"):  # of atomic writes a kill interrupted (the
-        leftover.unlink(missing_ok=True)     # caller holds the run's lease: none is live)
+    # leftovers of atomic writes a kill interrupted (the caller holds the run's lease: none
+    # is live)
+    _remove(run_dir, tuple(p.name for p in run_dir.glob(".*.tmp")))
     keep = checkpoints(run_dir)[0][iteration] if iteration else None
     latest, previous = (run_dir / name for name in CHECKPOINTS)
     if keep == previous:
-        os.replace(previous, latest)
-    for path in (latest, previous):
-        if path.exists() and (keep is None or path != latest):
-            path.unlink()
+        with writing(latest, run_dir.name):
+            os.replace(previous, latest)
+    _remove(run_dir, CHECKPOINTS if keep is None else CHECKPOINTS[1:])
 
 
 def load_checkpoint(run_dir: Path) -> Any | None:
     """The run's last :class:`~benchmark.trainer.RunState`, or None if it has none."""
-    import torch
-
     from benchmark.trainer import RunState
 
     path = Path(run_dir) / CHECKPOINTS[0]
     if not path.exists():
         return None
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # a torn file cannot happen (atomic), a foreign one can
-        raise InputError(f"unreadable checkpoint {path}: {e}") from None
-    return RunState.from_dict(payload)
+    return RunState.from_dict(_read_checkpoint(path))
+
+
+def _read_checkpoint(path: Path, mmap: bool = False) -> dict[str, Any]:
+    """A checkpoint's payload (``save_checkpoint``), checked to be one: one line otherwise."""
+    payload = _torch_load(path, "checkpoint", mmap)
+    group = payload.get("group", []) if isinstance(payload, dict) else None
+    if not (isinstance(payload, dict) and type(payload.get("iteration")) is int
+            and payload["iteration"] >= 0 and isinstance(payload.get("model"), dict)
+            and isinstance(payload.get("optimizer"), dict) and isinstance(group, list)
+            and all(isinstance(g, str) for g in group)):
+        raise InputError(f"unreadable checkpoint {path} (not a checkpoint: expected a dict "
+                         "with iteration, model and optimizer); restore it, or delete it to "
+                         "resume from an earlier checkpoint or the start")
+    return payload
 
 
 def finish_run(run_dir: Path, state: Any, history: list[dict[str, float]]) -> str:
     """Write ``model.pt``, the history and the final status; drop the checkpoint."""
     write_history(run_dir, history)
-    atomic_torch_save(run_dir / "model.pt", state.model)
+    with writing(run_dir / "model.pt", run_dir.name):
+        atomic_torch_save(run_dir / "model.pt", state.model)
     status = "failed" if state.failed else "done"
     write_status(run_dir, status, state.iteration, state.failed)
-    for name in CHECKPOINTS:
-        (run_dir / name).unlink(missing_ok=True)
+    _remove(run_dir, CHECKPOINTS)
     return status
 
 
 def load_model(run_dir: str | Path, device: Any = "cpu") -> Any:
     """The trained model of a run (``weights_only=True``), in eval mode, on ``device``."""
-    import torch
-
     from benchmark.objectives import build_objective_model
 
     run_dir = Path(run_dir)
@@ -203,9 +262,39 @@ def load_model(run_dir: str | Path, device: Any = "cpu") -> Any:
                          f"{read_status(run_dir)['status']})")
     model = build_objective_model(config["objective"], config["architecture"],
                                   config["latent_dim"], config["objective_options"])
+    state = _torch_load(path, "model")
     try:
-        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        model.load_state_dict(state)
     except Exception as e:  # not a state dict of this architecture (or not a state dict)
-        raise InputError(f"unreadable model {path}: {e}".splitlines()[0]) from None
+        raise InputError(f"unreadable model {path} ({_load_failure(e)})") from None
     return model.to(device).eval()
 
+
+def _torch_load(path: Path, what: str, mmap: bool = False) -> Any:
+    """``torch.load(path, weights_only=True)`` on the cpu; a failure is one line,
+    ``unreadable WHAT PATH (reason)``, which never repeats torch's advice to load with
+    ``weights_only=False``: that runs whatever code a foreign file holds."""
+    import torch
+
+    try:
+        with open(path, "rb") as f:  # torch.save writes a zip archive; for anything else
+            if not zipfile.is_zipfile(f):  # mmap's error would advise saving it again
+                raise ValueError("not a file written by torch.save")
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except Exception as e:  # a torn file cannot happen (atomic writes), a foreign one can
+        raise InputError(f"unreadable {what} {path} ({_load_failure(e)})") from None
+
+
+def _load_failure(e: Exception) -> str:
+    """What a failed ``torch.load``/``load_state_dict`` says is wrong, in one sentence: for
+    a weights-only refusal, the unpickler's, without the advice torch puts around it."""
+    if isinstance(e, OSError):
+        return e.strerror or str(e)
+    text = str(e).partition("WeightsUnpickler error:")[2] or str(e)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if len(lines) > 1 and lines[0].endswith(":"):  # "Error(s) in loading state_dict for VAE:"
+        lines[0] += " " + lines[1]
+    reason = lines[0].split(". ")[0].rstrip(".") if lines else ""
+    if not reason or "weights_only" in reason:
+        return type(e).__name__
+    return reason if len(reason) <= 200 else reason[:199] + "…"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import sys
 from collections import Counter
 from collections.abc import Iterator
@@ -14,7 +15,13 @@ from benchmark import runs as runs_io
 from benchmark.config import GridConfig, expand, load_grid, parse_devices
 from benchmark.runner import Job, check_backend, connect, dispatch, plan
 from rdbench.device import resolve_device
-from rdbench.io import InputError, atomic_write_json, check_output_dir, exclusive_lock
+from rdbench.io import (
+    InputError,
+    atomic_write_json,
+    check_output_dir,
+    exclusive_lock,
+    output_kind,
+)
 
 _MARKER = "grids"  # RUNS_DIR/grids/<name>.json marks a directory rdbench trains into
 
@@ -31,13 +38,15 @@ def main(args: argparse.Namespace) -> int:
     runs_dir = _runs_dir(args, grid)
     dataset = _load_dataset(grid.dataset)
     runs = expand(grid, dataset)
+    _check_run_dirs(runs_dir, runs)
     if args.dry_run:
         jobs, skipped = plan(grid, runs, runs_dir)
         _print_plan(grid, runs, jobs, skipped, devices)
         return 0
     client = connect(args.scheduler) if args.backend == "dask" else None
     try:
-        (runs_dir / _MARKER).mkdir(parents=True, exist_ok=True)
+        with runs_io.writing(runs_dir / _MARKER):
+            (runs_dir / _MARKER).mkdir(parents=True, exist_ok=True)
         with runs_lock(runs_dir / _MARKER / ".lock"):
             jobs, skipped = plan(grid, runs, runs_dir)
             return _train(grid, runs, jobs, skipped, runs_dir, devices, workers, args.backend,
@@ -49,20 +58,42 @@ def main(args: argparse.Namespace) -> int:
 
 def _train(grid: GridConfig, runs: list[dict], jobs: list[Job], skipped: dict, runs_dir: Path,
            devices: list[str], workers: int, backend: str, client: Any) -> int:
-    atomic_write_json(runs_dir / _MARKER / f"{grid.name}.json", vars_of(grid))
-    for run in runs:
-        runs_io.create_run(runs_dir, run)
-    print(f"rdbench train: {len(runs)} runs, {len(jobs)} jobs "
-          f"({sum(skipped.values())} finished before) → {runs_dir}", file=sys.stderr)
-    results = dispatch(jobs, devices, workers, backend, client)
+    grid_file = runs_dir / _MARKER / f"{grid.name}.json"
+    try:
+        with runs_io.writing(grid_file):
+            atomic_write_json(grid_file, vars_of(grid))
+        for run in runs:
+            runs_io.create_run(runs_dir, run)
+        print(f"rdbench train: {len(runs)} runs, {len(jobs)} jobs "
+              f"({sum(skipped.values())} finished before) → {runs_dir}", file=sys.stderr)
+        results = dispatch(jobs, devices, workers, backend, client)
+    except runs_io.RunWriteError as e:  # raised here or in a worker (loky pickles it)
+        raise InputError(f"{e}; {_kept(runs, runs_dir)}") from None
     return _summarise(results, skipped, runs_dir)
+
+
+def _kept(runs: list[dict], runs_dir: Path) -> str:
+    """What a grid stopped by a failed write keeps: its finished runs, and the checkpoints
+    the others resume from when the grid is run again."""
+    finished = resumable = 0
+    for run in runs:
+        run_dir = runs_dir / run["run_id"]
+        with contextlib.suppress(InputError, OSError):  # a damaged run keeps nothing
+            if runs_io.is_finished(run_dir):
+                finished += 1
+            elif len(runs_io.checkpoints(run_dir)[0]) > 1:  # more than a fresh start
+                resumable += 1
+    return (f"kept: {finished} of {len(runs)} runs finished, {resumable} more with a "
+            "checkpoint to resume from when the grid runs again")
 
 
 @contextlib.contextmanager
 def runs_lock(lock: Path) -> Iterator[None]:
     """Hold an exclusive lock on the runs directory: two ``rdbench train`` writing the same
     runs would rewind each other's checkpoints. Released by the OS if the process dies."""
-    with exclusive_lock(lock) as held:
+    with contextlib.ExitStack() as stack:
+        with runs_io.writing(lock):  # (opened for appending)
+            held = stack.enter_context(exclusive_lock(lock))
         if not held:
             raise InputError(f"another `rdbench train` is writing to {lock.parent.parent}; "
                              "wait for it (or stop it) and run again")
@@ -70,11 +101,48 @@ def runs_lock(lock: Path) -> Iterator[None]:
 
 
 def _runs_dir(args: argparse.Namespace, grid: GridConfig) -> Path:
+    """The runs directory, resolved and checked before any work: not inside a dataset, nor
+    inside another command's output without ``--force``; writable; empty, or written by
+    ``rdbench train`` before (it holds ``grids/``), or ``--force``."""
     runs_dir = Path(args.out) if args.out else Path("runs") / grid.name
+    _check_not_inside_output(runs_dir, args.force)
     is_ours = (runs_dir / _MARKER).is_dir()
-    if not is_ours:
-        check_output_dir(runs_dir, force=args.force, inputs=[grid.dataset])
-    return runs_dir.resolve()
+    runs_dir = check_output_dir(runs_dir, force=args.force or is_ours, inputs=[grid.dataset])
+    if is_ours:
+        _check_writable_directory(runs_dir / _MARKER)
+    return runs_dir
+
+
+def _check_not_inside_output(path: Path, force: bool) -> None:
+    """Refuse ``path`` inside a dataset always (it must stay as its manifest lists it, and
+    a regenerated dataset replaces it whole), and inside a report or kp output without
+    ``force``. (A stand-in for ``rdbench.io.enclosing_output``, which is to come.)"""
+    for parent in path.resolve().parents:
+        kind = output_kind(parent)
+        if kind == "dataset" or (kind is not None and not force):
+            hint = "" if kind == "dataset" else " (or use --force to write into it)"
+            raise InputError(f"runs directory {path.resolve()} would be inside the rdbench "
+                             f"{kind} directory {parent}; choose another --out{hint}")
+
+
+def _check_run_dirs(runs_dir: Path, runs: list[dict]) -> None:
+    """The grid's run directories that exist already are writable directories of their own
+    (a link would send the run's files elsewhere): checked before any work."""
+    for run in runs:
+        run_dir = runs_dir / run["run_id"]
+        if run_dir.is_symlink():
+            raise InputError(f"run directory {run_dir} is a symbolic link; rdbench writes runs "
+                             "only inside the runs directory: remove the link")
+        if run_dir.exists():
+            _check_writable_directory(run_dir)
+
+
+def _check_writable_directory(path: Path) -> None:
+    if not path.is_dir():
+        raise InputError(f"{path} is not a directory, and rdbench train writes into a "
+                         "directory of that name: move it away")
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise InputError(f"output directory is not writable: {path}")
 
 
 def _load_dataset(path: str) -> Any:
@@ -131,22 +199,55 @@ def _estimate_cost(grid: GridConfig, jobs: list[Job]) -> tuple[float, int]:
     return flops, model_iters
 
 
+_PROBES = (2, 3, 4, 5)  # batch sizes a step's FLOPs are counted at (2: B - 1 > 0)
+
+
 def _flops_per_iteration(arch: str, objective: str, options: dict, grid: GridConfig) -> float:
-    """FLOPs of one training step of one model (forward + backward), counted by torch."""
+    """FLOPs of one training step of one model (forward + backward), counted by torch.
+
+    Counted at batches of 2, 3 and 4 and extrapolated to ``batch_size``: a step's FLOPs are
+    a polynomial of degree ≤ 2 in the batch (per-example layers; the minibatch estimators'
+    B × B terms), which three points give exactly. A fourth point checks it (else the count
+    is made at ``batch_size`` itself), so the dry run never needs a full step's memory.
+    """
+    from benchmark.objectives import build_objective_model
+
+    model = build_objective_model(objective, arch, grid.latent_dim, options)
+
+    def count(batch: int) -> int:
+        return _count_flops(model, objective, options, grid.latent_dim, batch)
+
+    if grid.batch_size <= _PROBES[-1]:
+        return float(count(grid.batch_size))
+    points = [(b, count(b)) for b in _PROBES]
+    if _quadratic_through(points[:3], points[3][0]) != points[3][1]:
+        return float(count(grid.batch_size))
+    return float(_quadratic_through(points[:3], grid.batch_size))
+
+
+def _quadratic_through(points: list[tuple[int, int]], x: int) -> int:
+    """The value at ``x`` of the polynomial of degree ≤ 2 through three integer points
+    (Lagrange form; exact for integer polynomials through consecutive integers)."""
+    (x0, y0), (x1, y1), (x2, y2) = points
+    numerator = (y0 * (x - x1) * (x - x2) * (x1 - x2) - y1 * (x - x0) * (x - x2) * (x0 - x2)
+                 + y2 * (x - x0) * (x - x1) * (x0 - x1))
+    return numerator // ((x0 - x1) * (x0 - x2) * (x1 - x2))
+
+
+def _count_flops(model: Any, objective: str, options: dict, latent_dim: int, batch: int) -> int:
+    """FLOPs of one step of ``model`` at ``batch``, as torch's FlopCounterMode counts them."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from benchmark.objectives import build_objective_model, get_objective
+    from benchmark.objectives import get_objective
 
     obj = get_objective(objective)
-    model = build_objective_model(objective, arch, grid.latent_dim, options)
-    b, d = grid.batch_size, grid.latent_dim
-    x = torch.rand(b, 3, 32, 32)
-    noise = {"eps": torch.randn(b, d), "u": torch.rand(b)}
+    x = torch.rand(batch, 3, 32, 32)
+    noise = {"eps": torch.randn(batch, latent_dim), "u": torch.rand(batch)}
     counter = FlopCounterMode(display=False)
     with counter:
         obj.loss(model, x, torch.tensor(1.0), noise, options)["loss"].mean().backward()
-    return float(counter.get_total_flops())
+    return int(counter.get_total_flops())
 
 
 def _summarise(results: list[tuple[str, str]], skipped: dict, runs_dir: Path) -> int:

@@ -39,6 +39,13 @@ def _params(run_dir: Path) -> dict[str, torch.Tensor]:
     return torch.load(run_dir / "model.pt", weights_only=True)
 
 
+def _narrow_layers(monkeypatch) -> None:
+    """mlp1 with 32 hidden units instead of 512: the same code paths, in less time."""
+    from benchmark.architectures import registry
+
+    monkeypatch.setitem(registry()["mlp1"].options, "hidden", 32)
+
+
 def test_train_writes_runs_and_rerun_skips(tiny_dataset, tmp_path, capsys):
     config = _write_grid(tmp_path / "g.toml", tiny_dataset)
     out = tmp_path / "runs"
@@ -229,7 +236,7 @@ def test_training_descends_to_the_entropy_floor_of_one_image():
 def test_ablation_runs_see_their_splits_training_set_size(tiny_dataset, tmp_path, monkeypatch):
     """no_mi / no_marginal_kl trained by `rdbench train`: every rate_terms call gets N = n_train."""
     import tetrominoes
-    from benchmark import ablations, models
+    from benchmark import ablations
 
     seen = []
     rate_terms = ablations.rate_terms
@@ -239,7 +246,7 @@ def test_ablation_runs_see_their_splits_training_set_size(tiny_dataset, tmp_path
         return rate_terms(mu, logvar, z, dataset_size)
 
     monkeypatch.setattr(ablations, "rate_terms", spy)
-    monkeypatch.setattr(models, "_HIDDEN", 32)  # narrow layers, same code path
+    _narrow_layers(monkeypatch)
     split = "cv-16384"  # 51 training rows: neither the batch, the test set nor the dataset
     n_train = len(tetrominoes.load(tiny_dataset).split(split).train)
     config = _write_grid(tmp_path / "g.toml", tiny_dataset, splits=[split],
@@ -256,9 +263,7 @@ def test_ablation_runs_see_their_splits_training_set_size(tiny_dataset, tmp_path
 def test_ae_trains_once_per_seed_and_every_beta_gets_that_model(tiny_dataset, tmp_path,
                                                                 capsys, monkeypatch):
     """ae ignores β, so its runs of one seed are one model: trained once, copied to each β."""
-    from benchmark import models
-
-    monkeypatch.setattr(models, "_HIDDEN", 32)
+    _narrow_layers(monkeypatch)
     config = _write_grid(tmp_path / "g.toml", tiny_dataset, objectives=["ae"],
                          betas=[0.5, 2.0, 8.0])
     out = tmp_path / "runs"
@@ -299,9 +304,7 @@ def test_kill_between_two_runs_checkpoints_resumes_the_group_exactly(
         tiny_dataset, tmp_path, monkeypatch, kills, resume_at):
     """The runs of a group end bit-identical to an uninterrupted grid however the kill
     splits their checkpoints (one run a checkpoint ahead of the others)."""
-    from benchmark import models
-
-    monkeypatch.setattr(models, "_HIDDEN", 32)
+    _narrow_layers(monkeypatch)
     config = _write_grid(tmp_path / "g.toml", tiny_dataset, betas=[0.5, 2.0, 8.0], seeds=[0],
                          iterations=16, checkpoint_every=4, log_every=2)
     straight, killed = tmp_path / "straight", tmp_path / "killed"
@@ -344,9 +347,9 @@ def test_kill_between_an_ae_run_and_its_copy_retrains_them_together(
         tiny_dataset, tmp_path, monkeypatch):
     """`ae` trains one model per seed and copies it to the other β. Killed after the trained
     run's first checkpoint but before its copy's, the copy must not be retrained alone."""
-    from benchmark import models, trainer
+    from benchmark import trainer
 
-    monkeypatch.setattr(models, "_HIDDEN", 32)
+    _narrow_layers(monkeypatch)
     config = _write_grid(tmp_path / "g.toml", tiny_dataset, objectives=["ae"],
                          betas=[0.5, 2.0], seeds=[0], iterations=8, checkpoint_every=4,
                          log_every=2)
@@ -443,9 +446,9 @@ def test_unreachable_dask_scheduler_is_one_line_before_anything_is_written(
 def test_checkpoints_from_before_they_named_their_job_still_resume(tiny_dataset, tmp_path,
                                                                    monkeypatch):
     """A checkpoint without ``group`` (written by earlier versions) resumes at its iteration."""
-    from benchmark import models, trainer
+    from benchmark import trainer
 
-    monkeypatch.setattr(models, "_HIDDEN", 32)
+    _narrow_layers(monkeypatch)
     config = _write_grid(tmp_path / "g.toml", tiny_dataset, betas=[0.5, 2.0, 8.0], seeds=[0],
                          iterations=16, checkpoint_every=4, log_every=2)
     straight, killed = tmp_path / "straight", tmp_path / "killed"
@@ -517,9 +520,7 @@ def test_resuming_without_runs_dropped_from_the_grid_says_so(tiny_dataset, tmp_p
                                                              note):
     """A note when a resumed group lost a run it trained with; none for an ae copy (the
     trained model is the same whichever βs remain)."""
-    from benchmark import models
-
-    monkeypatch.setattr(models, "_HIDDEN", 32)
+    _narrow_layers(monkeypatch)
     config = _write_grid(tmp_path / "g.toml", tiny_dataset, betas=[0.5, 2.0], seeds=[0],
                          iterations=8, checkpoint_every=4, log_every=2, objectives=[objective])
     out, save, calls = tmp_path / "runs", runs_io.save_checkpoint, []
@@ -620,3 +621,240 @@ def test_runs_another_process_is_training_are_left_alone(tiny_dataset, tmp_path,
         assert runs_io.read_status(first[1])["status"] == "done"
     assert main(["train", str(config), "--out", str(out)]) == 0
     assert set(_statuses(out).values()) == {"done"}
+
+
+# --- trust: failed writes, read-only or misplaced runs directories, foreign run files --------
+
+
+def _as_if_not_root(monkeypatch) -> None:
+    """Root may write anywhere, so os.access always says yes to root: answer by the owner's
+    write bit instead, as for the user who made a directory read-only."""
+    if os.geteuid() != 0:
+        return
+    access = os.access
+
+    def by_mode(path, mode, *args, **kwargs):
+        if mode & os.W_OK and not os.stat(path).st_mode & 0o200:
+            return False
+        return access(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(os, "access", by_mode)
+
+
+def _error_line(err: str) -> str:
+    """The last line on stderr, which must be the error (no traceback before or after)."""
+    assert "Traceback" not in err and "Warning" not in err, err
+    return err.replace("\r", "\n").strip().splitlines()[-1]
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_a_full_disk_ends_the_grid_with_one_line_saying_what_was_kept(
+        tiny_dataset, tmp_path, monkeypatch, capsys):
+    """ENOSPC on the second job's model.pt: one line naming run and file, the first run
+    finished, the second keeps its checkpoint; the next run of the grid finishes it."""
+    import errno
+
+    _narrow_layers(monkeypatch)
+    config = _write_grid(tmp_path / "g.toml", tiny_dataset, splits=["random", "checkerboard"],
+                         betas=[1.0], seeds=[0], iterations=4, checkpoint_every=2, log_every=2)
+    out, save, models_written = tmp_path / "runs", runs_io.atomic_torch_save, []
+
+    def disk_fills(path, obj):
+        if Path(path).name == "model.pt":
+            models_written.append(Path(path).parent)
+            if len(models_written) == 2:
+                raise OSError(errno.ENOSPC, "No space left on device")
+        return save(path, obj)
+
+    monkeypatch.setattr(runs_io, "atomic_torch_save", disk_fills)
+    assert main(["train", str(config), "--out", str(out)]) == 2
+    second = models_written[1]
+    assert _error_line(capsys.readouterr().err) == (
+        f"rdbench: error: cannot write {second / 'model.pt'} (run {second.name}): No space "
+        "left on device; kept: 1 of 2 runs finished, 1 more with a checkpoint to resume "
+        "from when the grid runs again")
+    assert runs_io.read_status(models_written[0])["status"] == "done"
+    assert (second / "checkpoint.pt").exists() and not (second / "model.pt").exists()
+    monkeypatch.setattr(runs_io, "atomic_torch_save", save)
+    assert main(["train", str(config), "--out", str(out)]) == 0
+    assert set(_statuses(out).values()) == {"done"}
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs POSIX resource limits")
+def test_a_write_failing_in_a_loky_worker_is_one_line(tiny_dataset, tmp_path):
+    """A 2 MB file size limit (inherited by the workers): the first checkpoint (~19 MB) stops
+    short in a worker; the error crosses to the parent and ends the grid as one line."""
+    import resource
+
+    config = _write_grid(tmp_path / "g.toml", tiny_dataset, splits=["random", "checkerboard"],
+                         betas=[1.0], seeds=[0], iterations=4, checkpoint_every=2, log_every=2)
+    out = tmp_path / "runs"
+
+    def small_files():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (2 << 20, 2 << 20))
+
+    done = subprocess.run([sys.executable, "-m", "rdbench", "train", str(config), "--out",
+                           str(out), "--workers", "2"], preexec_fn=small_files, timeout=600,
+                          env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True,
+                          text=True)
+    line = _error_line(done.stderr)
+    assert done.returncode == 2 and line.startswith(f"rdbench: error: cannot write {out}/"), line
+    assert line.endswith("checkpoint.pt (run " + line.split("(run ")[1].split(")")[0] + "): "
+                         "torch.save could not write the whole file (is the disk full?); kept: "
+                         "0 of 2 runs finished, 0 more with a checkpoint to resume from when "
+                         "the grid runs again"), line
+
+
+def test_a_read_only_runs_directory_is_refused_before_any_work(tiny_dataset, tmp_path,
+                                                               monkeypatch, capsys):
+    config = _write_grid(tmp_path / "g.toml", tiny_dataset, betas=[1.0], seeds=[0],
+                         iterations=2, log_every=1, checkpoint_every=2)
+    out, parent = tmp_path / "runs", tmp_path / "locked"
+    assert main(["train", str(config), "--out", str(out)]) == 0
+    (run_dir,) = runs_io.find_runs(out)
+    runs_io.write_status(run_dir, "pending", 0)  # something left to train
+    parent.mkdir()
+    _as_if_not_root(monkeypatch)
+    for locked, where in ((out, out), (parent, parent / "new" / "runs")):
+        before = sorted(p.name for p in locked.iterdir())
+        locked.chmod(0o555)
+        try:
+            for dry in ([], ["--dry-run"]):
+                capsys.readouterr()
+                assert main(["train", str(config), "--out", str(where), *dry]) == 2
+                err = capsys.readouterr().err
+                assert err == f"rdbench: error: output directory is not writable: {locked}\n"
+        finally:
+            locked.chmod(0o755)
+        assert sorted(p.name for p in locked.iterdir()) == before
+
+
+def test_a_runs_directory_inside_another_output_is_refused(tiny_dataset, tmp_path, capsys):
+    """Inside a dataset never (it must stay as its manifest lists it); inside a report or
+    kp output only with --force."""
+    import shutil
+
+    from rdbench.io import MARKER
+
+    data = tmp_path / "data"  # a copy: the test writes into it if the check is broken
+    shutil.copytree(tiny_dataset, data)
+    config = _write_grid(tmp_path / "g.toml", data, betas=[1.0], seeds=[0],
+                         iterations=2, log_every=1, checkpoint_every=2)
+    inside = data / "splits" / "myruns"
+    for force in ([], ["--force"]):
+        assert main(["train", str(config), "--out", str(inside), *force]) == 2
+        assert _error_line(capsys.readouterr().err) == (
+            f"rdbench: error: runs directory {inside} would be inside the rdbench dataset "
+            f"directory {data}; choose another --out")
+    assert not inside.exists()
+    report = tmp_path / "report"
+    report.mkdir()
+    (report / MARKER).write_text(json.dumps({"kind": "report", "entries": [], "files": []}))
+    assert main(["train", str(config), "--out", str(report / "runs")]) == 2
+    assert "inside the rdbench report directory" in capsys.readouterr().err
+    assert not (report / "runs").exists()
+    assert main(["train", str(config), "--out", str(report / "runs"), "--force"]) == 0
+
+
+def test_a_run_directory_that_is_a_file_or_a_link_is_refused_before_any_work(
+        tiny_dataset, tmp_path, capsys):
+    config = _write_grid(tmp_path / "g.toml", tiny_dataset, betas=[1.0], seeds=[0],
+                         iterations=2, log_every=1, checkpoint_every=2)
+    out = tmp_path / "runs"
+    assert main(["train", str(config), "--out", str(out)]) == 0
+    (run_dir,) = runs_io.find_runs(out)
+    moved = tmp_path / "moved"
+    run_dir.rename(moved)
+    run_dir.write_text("mine")
+    for dry in ([], ["--dry-run"]):
+        capsys.readouterr()
+        assert main(["train", str(config), "--out", str(out), *dry]) == 2
+        assert _error_line(capsys.readouterr().err) == (
+            f"rdbench: error: {run_dir} is not a directory, and rdbench train writes into a "
+            "directory of that name: move it away")
+    assert run_dir.read_text() == "mine"
+    run_dir.unlink()
+    run_dir.symlink_to(moved, target_is_directory=True)
+    assert main(["train", str(config), "--out", str(out)]) == 2
+    assert _error_line(capsys.readouterr().err) == (
+        f"rdbench: error: run directory {run_dir} is a symbolic link; rdbench writes runs "
+        "only inside the runs directory: remove the link")
+
+
+def test_read_only_run_files_and_directories(tiny_dataset, tmp_path, monkeypatch, capsys):
+    """A read-only status.json is replaced like any run file (a rename needs only the
+    directory); a read-only run directory is refused before any work."""
+    config = _write_grid(tmp_path / "g.toml", tiny_dataset, betas=[1.0], seeds=[0],
+                         iterations=2, log_every=1, checkpoint_every=2)
+    out = tmp_path / "runs"
+    assert main(["train", str(config), "--out", str(out)]) == 0
+    (run_dir,) = runs_io.find_runs(out)
+    (run_dir / "model.pt").unlink()
+    runs_io.write_status(run_dir, "pending", 0)
+    (run_dir / "status.json").chmod(0o444)
+    assert main(["train", str(config), "--out", str(out)]) == 0
+    assert runs_io.read_status(run_dir)["status"] == "done"
+    (run_dir / "model.pt").unlink()
+    runs_io.write_status(run_dir, "pending", 0)
+    _as_if_not_root(monkeypatch)
+    run_dir.chmod(0o555)
+    try:
+        capsys.readouterr()
+        assert main(["train", str(config), "--out", str(out)]) == 2
+        assert _error_line(capsys.readouterr().err) == (
+            f"rdbench: error: output directory is not writable: {run_dir}")
+    finally:
+        run_dir.chmod(0o755)
+    assert runs_io.read_status(run_dir)["status"] == "pending"
+
+
+def test_a_checkpoint_of_another_shape_stops_the_resume_with_one_line(tiny_dataset, tmp_path,
+                                                                      capsys):
+    config = _write_grid(tmp_path / "g.toml", tiny_dataset, betas=[1.0], seeds=[0],
+                         iterations=2, log_every=1, checkpoint_every=2)
+    out = tmp_path / "runs"
+    assert main(["train", str(config), "--out", str(out)]) == 0
+    (run_dir,) = runs_io.find_runs(out)
+    (run_dir / "model.pt").unlink()
+    runs_io.write_status(run_dir, "running", 2)
+    torch.save({"encoder.1.weight": torch.zeros(2)}, run_dir / "checkpoint.pt")  # a state dict
+    capsys.readouterr()
+    assert main(["train", str(config), "--out", str(out)]) == 2
+    assert _error_line(capsys.readouterr().err) == (
+        f"rdbench: error: unreadable checkpoint {run_dir / 'checkpoint.pt'} (not a checkpoint: "
+        "expected a dict with iteration, model and optimizer); restore it, or delete it to "
+        "resume from an earlier checkpoint or the start")
+
+
+def test_dry_run_flops_are_extrapolated_from_small_batches(monkeypatch):
+    """A step's FLOPs are quadratic in the batch: counted at 2..5, never at the full batch
+    (whose memory the dry run must not need), unless the fourth point breaks the fit."""
+    from benchmark import train as train_module
+    from benchmark.config import GridConfig
+
+    grid = GridConfig(dataset="d", splits=("random",), architectures=("mlp1",), betas=(1.0,),
+                      batch_size=65_536, latent_dim=2)
+    quadratic, cubic = (lambda b: 7 + 5 * b + 3 * b * b), (lambda b: b ** 3)
+    for flops, counted in ((quadratic, [2, 3, 4, 5]), (cubic, [2, 3, 4, 5, 65_536])):
+        seen: list[int] = []
+        monkeypatch.setattr(train_module, "_count_flops", lambda model, *args, f=flops, s=seen:
+                            s.append(args[-1]) or f(args[-1]))
+        assert train_module._flops_per_iteration("mlp1", "beta_vae", {}, grid) == flops(65_536)
+        assert seen == counted
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_extrapolated_flops_equal_torchs_count_at_the_full_batch():
+    """For the minibatch estimators' B × B terms (no_mi) and a per-example objective."""
+    from benchmark import train as train_module
+    from benchmark.config import GridConfig
+    from benchmark.objectives import build_objective_model
+
+    grid = GridConfig(dataset="d", splits=("random",), architectures=("mlp1",), betas=(1.0,),
+                      batch_size=37, latent_dim=3)
+    for objective in ("no_mi", "beta_vae"):
+        options = {"dataset_size": 100}
+        model = build_objective_model(objective, "mlp1", 3, options)
+        direct = train_module._count_flops(model, objective, options, 3, 37)
+        assert train_module._flops_per_iteration("mlp1", objective, options, grid) == direct
