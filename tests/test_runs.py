@@ -121,8 +121,8 @@ def test_a_failed_write_names_the_run_and_the_file(tmp_path, monkeypatch, error,
     assert isinstance(err.value, InputError)  # reported as one line by the CLI
 
 
-def test_an_unreadable_status_is_one_line(tmp_path):
+def test_an_unreadable_status_or_history_is_one_line(tmp_path):
     run_dir = _run(tmp_path, "r")
-    (run_dir / "status.json").mkdir()
-    assert _message(runs_io.read_status, run_dir).startswith(
-        f"unreadable {run_dir / 'status.json'} (Is a directory)")
+    for name, read in (("status.json", runs_io.read_status), ("history.csv", runs_io.read_history)):
+        (run_dir / name).mkdir()
+        assert _message(read, run_dir).startswith(f"unreadable {run_dir / name} (Is a directory)")
