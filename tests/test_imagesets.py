@@ -222,3 +222,17 @@ def test_a_split_written_with_the_dataset_cannot_be_replaced(grid_dataset, tmp_p
     copy = _copy(grid_dataset, tmp_path)
     assert main(["data", "split", str(copy), "random", "--force", "--train", "a < 2"]) == 2
     assert "written with" in capsys.readouterr().err
+
+
+def test_import_refusals_before_anything_is_written(tmp_path, capsys):
+    np.save(tmp_path / "one.npy", np.zeros((1, 4, 4), np.uint8))
+    for args, match in [
+        (["--from", str(tmp_path / "one.npy")], "at least 2"),
+        (["--from", str(tmp_path / "one.npy"), "--download"], "not both"),
+        (["--from", str(tmp_path / "nowhere.npy")], "does not exist"),
+    ]:
+        assert main(["data", "import", "npy", *args, "--out", str(tmp_path / "ds")]) == 2
+        err = capsys.readouterr().err
+        assert match in err and err.count("\n") == 1
+        assert not (tmp_path / "ds").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["one.npy"]

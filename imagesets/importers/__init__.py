@@ -121,6 +121,8 @@ def import_dataset(kind: str, source: str | os.PathLike | None, out: str | os.Pa
     importer = get_importer(kind)
     target = check_output_dir(out, force, kind="dataset",
                               inputs=[source] if source is not None else [])
+    if download and source is not None:
+        raise InputError("give --from PATH or --download, not both")
     if download:
         from imagesets.download import fetch
 
@@ -131,6 +133,9 @@ def import_dataset(kind: str, source: str | os.PathLike | None, out: str | os.Pa
     if not path.exists():
         raise InputError(f"--from {path} does not exist (expected {importer.expects})")
     read = importer.read(path, options)
+    if read.n < 2:
+        raise InputError(f"{path} holds {read.n} image(s); a dataset needs at least 2 (one to "
+                         "train on, one to test)")
     specs = list(read.specs)
     factors = read.factors
 
