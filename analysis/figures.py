@@ -44,6 +44,7 @@ from analysis.plot_style import (
     styled,
 )
 from analysis.tables import evaluated
+from rdbench.io import within
 
 __all__ = [
     "comparison_splits", "load_neighbours", "plot_dataset_samples", "plot_mi_kl",
@@ -60,6 +61,9 @@ def load_neighbours(runs_dir: Path) -> tuple[dict[str, dict[str, np.ndarray]], l
     """``RUNS_DIR/neighbours/<split>.npz`` as arrays, plus a note for every unreadable file."""
     found, notes = {}, []
     for path in sorted((Path(runs_dir) / "neighbours").glob("*.npz")):
+        if not within(path, runs_dir):  # a link to any file of the user's: never read
+            notes.append(f"skipped {path.name}: a symbolic link to a file outside {runs_dir}")
+            continue
         try:
             with np.load(path) as npz:
                 found[path.stem] = {k: np.asarray(npz[k]) for k in _NEIGHBOUR_KEYS}

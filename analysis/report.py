@@ -36,6 +36,7 @@ from rdbench.io import (
     check_output_dir,
     json_or_none,
     staged_directory,
+    within,
 )
 
 TITLE = "rdbench report"
@@ -120,6 +121,8 @@ def _draw(name: str, caption: str, draw: Callable[[Path], FigureResult], out: Pa
 def _figure_blocks(runs: pd.DataFrame, summary: pd.DataFrame, runs_dir: Path,
                    out: Path) -> list[Block]:
     neighbours, notes = figures.load_neighbours(runs_dir)
+    for note in notes:
+        print(f"rdbench report: warning: neighbours: {note}", file=sys.stderr)
     data, images, loader, data_note = _dataset_and_models(runs_dir)
     blocks: list[Block] = [Heading("Rate–distortion curves (paper Fig. 3)"), Paragraph(_RD)]
     blocks += [Paragraph(f"Note: {n}") for n in notes + ([data_note] if data_note else [])]
@@ -171,6 +174,9 @@ def _kp_blocks(runs_dir: Path, out: Path) -> list[Block]:
         def copy(target: Path, source: Path = source, stem: str = stem,
                  analysis: str = analysis) -> FigureResult:
             found = [source / f"{stem}{ext}" for ext in (".png", ".pdf")]
+            outside = [f for f in found if f.exists() and not within(f, runs_dir)]
+            if outside:
+                return _skip_outside(outside[0], runs_dir)
             if not found[0].is_file():
                 return Skipped(f"not made yet: run `rdbench kp {analysis} RUNS_DIR`")
             copied = []
@@ -181,6 +187,14 @@ def _kp_blocks(runs_dir: Path, out: Path) -> list[Block]:
 
         blocks.append(_draw(f"kp_{stem}", caption, copy, out))
     return blocks
+
+
+def _skip_outside(path: Path, runs_dir: Path) -> Skipped:
+    """A file of RUNS_DIR that links outside it is never read (it could be any file of the
+    user's, a key or a password, inlined into index.html): a warning and a note instead."""
+    why = f"{path} is a symbolic link to a file outside {runs_dir}; not read"
+    print(f"rdbench report: warning: {why}", file=sys.stderr)
+    return Skipped(f"skipped: {why}")
 
 
 def _comparison_blocks(summary: pd.DataFrame, out: Path) -> list[Block]:
