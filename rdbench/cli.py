@@ -7,6 +7,7 @@ inside the handlers, so ``rdbench --help`` and input validation answer at once.
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 from collections.abc import Sequence
 
@@ -56,6 +57,24 @@ def main(argv: Sequence[str] | None = None, packages: Sequence[str] = _PACKAGES)
     except BrokenPipeError:  # `rdbench data info DIR | head`: the reader left, not an error
         sys.stderr.close()
         return 0
+    except OSError as e:
+        if e.errno not in _NO_ROOM:
+            raise
+        print(f"rdbench: error: {no_room_message(e)}", file=sys.stderr)
+        return 1
+
+
+# A full disk, a full quota, a read-only file system: not the command's fault, nor a bug.
+_NO_ROOM = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
+
+
+def no_room_message(e: OSError) -> str:
+    """One line for an OSError of :data:`_NO_ROOM`: what, where, and what became of the
+    output (the notes the writers added, e.g. ``staged_directory``'s)."""
+    where = f" while writing {e.filename}" if e.filename else ""
+    kept = "; ".join(getattr(e, "__notes__", ())) or \
+        "no file was left half-written; what was written before it is kept"
+    return f"{(e.strerror or 'no space left on device').lower()}{where}; {kept}"
 
 
 if __name__ == "__main__":

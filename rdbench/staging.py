@@ -164,12 +164,20 @@ def staged_directory(target: str | os.PathLike, force: bool = False,
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(e, OSError):
+            _name_the_target(e, tmp, target)
             e.add_note(f"the partial output was removed; kept: {target} as it was"
                        if target.exists() else
                        f"the partial output was removed ({target} was not created)")
         raise
     finally:
         os.close(lock)
+
+
+def _name_the_target(e: OSError, tmp: Path, target: Path) -> None:
+    """A file of the (removed) staged directory named in an error is named as the user
+    knows it: at its place in ``target``."""
+    with contextlib.suppress(TypeError, ValueError):
+        e.filename = str(target / Path(e.filename).relative_to(tmp))
 
 
 def _make_staging_dir(target: Path) -> tuple[Path, int]:
