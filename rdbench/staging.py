@@ -151,26 +151,37 @@ def staged_directory(target: str | os.PathLike, force: bool = False,
     """
     target = check_output_dir(target, force, kind)
     tmp, lock = _make_staging_dir(target)
+    finished = False
     try:
         yield tmp
         write_marker(tmp, kind, file_list(tmp), staged_as=tmp.name)
-        try:
-            check_output_dir(target, force, kind)  # again: the work may have taken hours
-        except InputError as e:
-            raise ResultsKeptError(f"{e}; the finished output is kept in {tmp}") from None
-        commit_directory(tmp, target)
-    except ResultsKeptError:
-        raise
+        finished = True  # from here on, whatever happens, the work is kept
+        _commit_checked(tmp, target, force, kind)
     except BaseException as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(e, OSError):
-            _name_the_target(e, tmp, target)
-            e.add_note(f"the partial output was removed; kept: {target} as it was"
-                       if target.exists() else
-                       f"the partial output was removed ({target} was not created)")
+        if not finished:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if isinstance(e, OSError):
+                _name_the_target(e, tmp, target)
+                e.add_note(f"the partial output was removed; kept: {target} as it was"
+                           if target.exists() else
+                           f"the partial output was removed ({target} was not created)")
         raise
     finally:
         os.close(lock)
+
+
+def _commit_checked(tmp: Path, target: Path, force: bool, kind: str) -> None:
+    """Check ``target`` again (the work may have taken hours) and commit ``tmp`` to it; a
+    refusal or an error keeps ``tmp`` and says where (a kill is finished by the next run)."""
+    try:
+        check_output_dir(target, force, kind)
+        commit_directory(tmp, target)
+    except ResultsKeptError:
+        raise
+    except (InputError, OSError) as e:
+        why = e.strerror + (f" ({e.filename})" if e.filename else "") \
+            if isinstance(e, OSError) and e.strerror else e
+        raise ResultsKeptError(f"{why}; the finished output is kept in {tmp}") from None
 
 
 def _name_the_target(e: OSError, tmp: Path, target: Path) -> None:
@@ -217,7 +228,8 @@ def commit_directory(tmp: Path, target: Path) -> None:
             raise
         _commit_into(tmp, target)
     _fsync_parent(target)
-    _forget_staging(target)
+    with contextlib.suppress(OSError):  # only a name in the marker: never worth an error
+        _forget_staging(target)
 
 
 def _forget_staging(output: Path) -> None:

@@ -120,6 +120,27 @@ def test_when_even_filling_fails_the_finished_output_is_kept_and_named(tmp_path,
     assert "put the finished report output of an earlier" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("error", [OSError(errno.EIO, "Input/output error"),
+                                   KeyboardInterrupt()])
+def test_an_error_at_the_commit_never_throws_the_finished_output_away(tmp_path, monkeypatch,
+                                                                      error):
+    target = _stage(tmp_path / "report", "old")
+
+    def failing(a, b):
+        raise error
+
+    monkeypatch.setattr(staging, "_rename_exchange", failing)
+    expected = ResultsKeptError if isinstance(error, OSError) else KeyboardInterrupt
+    with pytest.raises(expected, match="Input/output error; the finished output is kept in"
+                       if isinstance(error, OSError) else None):
+        _stage(target, "new", force=True)
+    (kept,) = [p for p in tmp_path.iterdir() if p.name.endswith(".partial")]
+    assert _content(kept)["index.html"] == "new" and _content(target)["index.html"] == "old"
+    monkeypatch.undo()
+    remove_leftovers(target)  # the next command puts it in place
+    assert _content(target)["index.html"] == "new" and _siblings(target) == ["report"]
+
+
 # ---------------------------------------------------------------- kills
 _CHILD = """
 import os, shutil, sys
