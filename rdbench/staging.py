@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import filecmp
 import functools
 import os
 import shutil
@@ -461,12 +462,22 @@ def _why_not_replaceable(target: Path, kind: str) -> str | None:
 
 
 def _why_not_into(staging: Path, target: Path) -> str | None:
-    """A commit into ``target`` is resumed only over files of the staged output itself."""
+    """A commit into ``target`` is resumed only over what an interrupted one put there:
+    files of the staged output, the same file (a hard link) or the same bytes (a copy)."""
     claim = claim_of(staging)
     if claim is None or not target.is_dir():
         return "is not a directory"
-    extra = next(iter_foreign(target, claim), None)
+    extra = next(iter_foreign(target, claim), None) or next(
+        (rel for rel in file_list(target)
+         if not rel.endswith("/") and not _same_file(staging / rel, target / rel)), None)
     return f"holds {extra}, which is not part of that output" if extra else None
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b) or filecmp.cmp(a, b, shallow=False)
+    except OSError:
+        return False
 
 
 def _restore(old: Path, target: Path) -> None:

@@ -200,6 +200,41 @@ def test_a_kill_at_any_step_leaves_the_output_to_the_next_run(tmp_path, capsys, 
     assert output_kind(target) == "report"
 
 
+_KILLED_FILLING = """
+import os, sys
+from pathlib import Path
+from rdbench import staging
+from rdbench.io import atomic_write_text, staged_directory
+
+target = Path(sys.argv[1])
+os.path.ismount = lambda p: Path(p) == target  # a mount point: filled, file by file
+link, linked = staging._link_file, []
+
+def killed_link(source, dest):
+    if linked:
+        os._exit(9)  # killed after the first file
+    linked.append(link(source, dest))
+
+staging._link_file = killed_link
+with staged_directory(target, force=True, kind="report") as tmp:
+    for name in ("index.html", "figures/a.png", "summary.csv"):
+        atomic_write_text(tmp / name, "new")
+"""
+
+
+def test_a_kill_while_filling_a_mount_point_is_finished_by_the_next_run(tmp_path):
+    target = tmp_path / "volume"
+    target.mkdir()
+    child = subprocess.run([sys.executable, "-c", textwrap.dedent(_KILLED_FILLING),
+                            str(target)], capture_output=True, text=True, timeout=60)
+    assert child.returncode == 9, child.stderr
+    assert len(_content(target)) == 1  # what the user would find, until the next run
+    check_output_dir(target, force=True, kind="report")
+    assert _content(target) == {"index.html": "new", "figures/a.png": "new",
+                                "summary.csv": "new"}
+    assert _siblings(target) == ["volume"] and output_kind(target) == "report"
+
+
 def test_a_kill_between_the_renames_with_nothing_finished_puts_the_old_output_back(tmp_path):
     target = _stage(tmp_path / "report", "old")
     old = tmp_path / temporary_name("report", "old")
@@ -236,18 +271,20 @@ def test_directories_that_only_look_like_rdbench_staging_are_the_users(tmp_path)
     assert (tmp_path / ".report.old-cafebabe1234" / "notes.md").read_text() == "mine"
 
 
-def test_a_finished_output_kept_from_a_users_directory_is_not_forced_in(tmp_path, capsys):
+@pytest.mark.parametrize("users", ["mine.txt", "index.html"])  # even named as its files
+def test_a_finished_output_kept_from_a_users_directory_is_not_forced_in(tmp_path, capsys,
+                                                                        users):
     target = tmp_path / "out"
     with pytest.raises(InputError, match="kept in"), \
             staged_directory(target, force=True, kind="report") as tmp:
         atomic_write_text(tmp / "index.html", "new")
         target.mkdir()
-        (target / "mine.txt").write_text("mine")
+        (target / users).write_text("mine")
     remove_leftovers(target)
-    assert [p.name for p in target.iterdir()] == ["mine.txt"]
-    assert (tmp / "index.html").read_text() == "new"
+    assert [p.name for p in target.iterdir()] == [users]
+    assert (target / users).read_text() == "mine" and (tmp / "index.html").read_text() == "new"
     assert f"kept in {tmp}" in capsys.readouterr().err
-    (target / "mine.txt").unlink()
+    (target / users).unlink()
     remove_leftovers(target)
     assert _content(target) == {"index.html": "new"} and not tmp.exists()
 
