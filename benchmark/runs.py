@@ -29,6 +29,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from rdbench.cli import _NO_ROOM as NO_ROOM  # (ENOSPC, EDQUOT, EROFS: the CLI's one line)
 from rdbench.io import (
     InputError,
     atomic_torch_save,
@@ -97,24 +98,34 @@ def write_status(run_dir: Path, status: str, iteration: int, reason: str | None 
 
 
 class RunWriteError(InputError):
-    """A run file could not be written (a full disk, a read-only file system...)."""
+    """A run file could not be written, for a reason other than a full disk, a full quota or
+    a read-only file system (those stay OSErrors: ``rdbench.cli`` reports them)."""
 
 
 @contextlib.contextmanager
 def writing(path: Path, run: str | None = None) -> Iterator[None]:
-    """Report a failed write of ``path`` (a file of the run ``run``, if any) as one line: an
-    OSError, or the RuntimeError ``torch.save`` raises when a write stops short (a disk that
-    fills up mid-file). The error pickles: it crosses from a loky worker to ``rdbench
-    train``, which adds what was kept."""
+    """Let a failed write of ``path`` (a file of the run ``run``, if any) end as one line.
+
+    A full disk, quota or read-only file system stays the OSError, named ``path`` if it
+    names no file, for the CLI to report (exit status 1); any other OSError (permission
+    denied, a file too large) becomes a :class:`RunWriteError`. ``torch.save`` reports a
+    write that stopped short as a RuntimeError; the OSError behind it is what counts. Both
+    pickle: they cross from a loky worker to ``rdbench train``, which adds what was kept.
+    """
     try:
         yield
     except (OSError, RuntimeError) as e:
-        if isinstance(e, OSError):
-            reason = e.strerror or str(e)
-        else:
-            reason = "torch.save could not write the whole file (is the disk full?)"
+        cause = e
+        while cause is not None and not isinstance(cause, OSError):
+            cause = cause.__context__
+        if cause is None:  # a RuntimeError that is not a failed write: a bug
+            raise
+        if cause.filename is None:
+            cause.filename = str(path)
+        if cause.errno in NO_ROOM:
+            raise cause from None
         of_run = f" (run {run})" if run else ""
-        raise RunWriteError(f"cannot write {path}{of_run}: {reason}") from None
+        raise RunWriteError(f"cannot write {path}{of_run}: {cause.strerror or cause}") from None
 
 
 def create_run(runs_dir: Path, config: dict[str, Any]) -> Path:

@@ -69,6 +69,9 @@ def _train(grid: GridConfig, runs: list[dict], jobs: list[Job], skipped: dict, r
         results = dispatch(jobs, devices, workers, backend, client)
     except runs_io.RunWriteError as e:  # raised here or in a worker (loky pickles it)
         raise InputError(f"{e}; {_kept(runs, runs_dir)}") from None
+    except OSError as e:  # a full disk, quota or read-only file system: the CLI's one line
+        e.add_note(_kept(runs, runs_dir))
+        raise
     return _summarise(results, skipped, runs_dir)
 
 

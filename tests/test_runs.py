@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -100,25 +101,48 @@ def test_a_real_checkpoint_reads_back(tmp_path):
     assert runs_io.load_checkpoint(run_dir).iteration == 8
 
 
-@pytest.mark.parametrize(("error", "reason"), [
-    (OSError(errno.ENOSPC, "No space left on device"), "No space left on device"),
-    # what torch.save raises when the file's write stops short (the disk filled up mid-file)
-    (RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598"),
-     "torch.save could not write the whole file (is the disk full?)")])
-def test_a_failed_write_names_the_run_and_the_file(tmp_path, monkeypatch, error, reason):
+def _failing(errno_: int | None, short: bool):
+    """An atomic_torch_save that fails as the OS would (``errno_``), directly or as torch
+    reports a write that stopped short: a RuntimeError raised while handling the OSError."""
+    def stopped() -> RuntimeError:
+        return RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704")
+
+    def save(path, obj):
+        if errno_ is None:
+            raise stopped()
+        try:
+            raise OSError(errno_, os.strerror(errno_))
+        except OSError:
+            if short:
+                raise stopped()  # noqa: B904 (as torch does: the OSError is its context)
+            raise
+    return save
+
+
+@pytest.mark.parametrize("short", [False, True])
+def test_a_failed_write_names_the_file_and_keeps_a_full_disk_for_the_cli(tmp_path, monkeypatch,
+                                                                         short):
+    """A full disk, quota or read-only file system stays an OSError naming the file (the
+    CLI's one line, exit 1); any other failure is one line naming the run and the file."""
     run_dir = _run(tmp_path, "r")
     state = RunState(4, {"w": torch.ones(2)}, {"step": 4, "exp_avg": {}, "exp_avg_sq": {}})
-
-    def full(path, obj):
-        raise error
-
-    monkeypatch.setattr(runs_io, "atomic_torch_save", full)
     for write, name in ((runs_io.save_checkpoint, "checkpoint.pt"),
                         (runs_io.finish_run, "model.pt")):
-        with pytest.raises(runs_io.RunWriteError) as err:
-            write(run_dir, state, [])
-        assert str(err.value) == f"cannot write {run_dir / name} (run r): {reason}"
-    assert isinstance(err.value, InputError)  # reported as one line by the CLI
+        for errno_ in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+            monkeypatch.setattr(runs_io, "atomic_torch_save", _failing(errno_, short))
+            with pytest.raises(OSError) as err:
+                write(run_dir, state, [])
+            assert (err.value.errno, err.value.filename) == (errno_, str(run_dir / name))
+        for errno_, reason in ((errno.EFBIG, "File too large"),
+                               (errno.EACCES, "Permission denied")):
+            monkeypatch.setattr(runs_io, "atomic_torch_save", _failing(errno_, short))
+            with pytest.raises(runs_io.RunWriteError) as err:
+                write(run_dir, state, [])
+            assert str(err.value) == f"cannot write {run_dir / name} (run r): {reason}"
+            assert isinstance(err.value, InputError)  # one line from the CLI
+    monkeypatch.setattr(runs_io, "atomic_torch_save", _failing(None, short=True))
+    with pytest.raises(RuntimeError):  # not a failed write: a bug, reported as one
+        runs_io.save_checkpoint(run_dir, state, [])
 
 
 def test_an_unreadable_status_or_history_is_one_line(tmp_path):
