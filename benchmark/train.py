@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import sys
 from collections import Counter
 from collections.abc import Iterator
@@ -18,9 +17,10 @@ from rdbench.device import resolve_device
 from rdbench.io import (
     InputError,
     atomic_write_json,
+    check_not_inside_output,
     check_output_dir,
+    check_writable_ancestor,
     exclusive_lock,
-    output_kind,
 )
 
 _MARKER = "grids"  # RUNS_DIR/grids/<name>.json marks a directory rdbench trains into
@@ -105,27 +105,16 @@ def runs_lock(lock: Path) -> Iterator[None]:
 
 def _runs_dir(args: argparse.Namespace, grid: GridConfig) -> Path:
     """The runs directory, resolved and checked before any work: not inside a dataset, nor
-    inside another command's output without ``--force``; writable; empty, or written by
-    ``rdbench train`` before (it holds ``grids/``), or ``--force``."""
+    inside another command's output without ``--force`` (even when trained into before);
+    writable; empty, or written by ``rdbench train`` before (it holds ``grids/``), or
+    ``--force``."""
     runs_dir = Path(args.out) if args.out else Path("runs") / grid.name
-    _check_not_inside_output(runs_dir, args.force)
+    check_not_inside_output(runs_dir.resolve(), args.force)
     is_ours = (runs_dir / _MARKER).is_dir()
     runs_dir = check_output_dir(runs_dir, force=args.force or is_ours, inputs=[grid.dataset])
     if is_ours:
         _check_writable_directory(runs_dir / _MARKER)
     return runs_dir
-
-
-def _check_not_inside_output(path: Path, force: bool) -> None:
-    """Refuse ``path`` inside a dataset always (it must stay as its manifest lists it, and
-    a regenerated dataset replaces it whole), and inside a report or kp output without
-    ``force``. (A stand-in for ``rdbench.io.enclosing_output``, which is to come.)"""
-    for parent in path.resolve().parents:
-        kind = output_kind(parent)
-        if kind == "dataset" or (kind is not None and not force):
-            hint = "" if kind == "dataset" else " (or use --force to write into it)"
-            raise InputError(f"runs directory {path.resolve()} would be inside the rdbench "
-                             f"{kind} directory {parent}; choose another --out{hint}")
 
 
 def _check_run_dirs(runs_dir: Path, runs: list[dict]) -> None:
@@ -144,8 +133,7 @@ def _check_writable_directory(path: Path) -> None:
     if not path.is_dir():
         raise InputError(f"{path} is not a directory, and rdbench train writes into a "
                          "directory of that name: move it away")
-    if not os.access(path, os.W_OK | os.X_OK):
-        raise InputError(f"output directory is not writable: {path}")
+    check_writable_ancestor(path)
 
 
 def _load_dataset(path: str) -> Any:

@@ -746,8 +746,8 @@ def test_a_runs_directory_inside_another_output_is_refused(tiny_dataset, tmp_pat
     for force in ([], ["--force"]):
         assert main(["train", str(config), "--out", str(inside), *force]) == 2
         assert _error_line(capsys.readouterr().err) == (
-            f"rdbench: error: runs directory {inside} would be inside the rdbench dataset "
-            f"directory {data}; choose another --out")
+            f"rdbench: error: output {inside} would be inside the rdbench dataset {data}, "
+            "which must stay as generated (its manifest lists every file); choose another --out")
     assert not inside.exists()
     report = tmp_path / "report"
     report.mkdir()
