@@ -2,8 +2,9 @@
 
 The API of :mod:`rdbench.files` (single files written atomically, rdbench's temporary
 names and their leftovers, locks, JSON), :mod:`rdbench.outputs` (what rdbench wrote in an
-output directory) and :mod:`rdbench.staging` (output directories checked up front, built
-in a staged sibling, committed) is re-exported here; this module adds the outputs that are
+output directory), :mod:`rdbench.staging` (output directories checked up front and built
+in a staged sibling) and :mod:`rdbench.commit` (put in place; what a kill left) is
+re-exported here; this module adds the outputs that are
 one file: ``rdbench bench --out FILE.json`` and figures (``rdbench data show --out FIG``).
 
 The promise behind ``--force``: rdbench replaces only what it wrote. A directory output is
@@ -17,6 +18,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from rdbench.commit import ResultsKeptError, commit_directory, remove_leftovers
 from rdbench.files import (
     InputError,
     atomic_torch_save,
@@ -41,12 +43,9 @@ from rdbench.outputs import (
     unlisted_paths,
 )
 from rdbench.staging import (
-    ResultsKeptError,
     check_not_inside_output,
     check_output_dir,
     check_writable_ancestor,
-    commit_directory,
-    remove_leftovers,
     staged_directory,
 )
 

@@ -1,5 +1,6 @@
-"""``rdbench.staging``: a finished output is never lost at the commit, and what a killed
-command left beside an output is finished, put back or removed by the next one.
+"""``rdbench.staging`` and ``rdbench.commit``: a finished output is never lost at the
+commit, and what a killed command left beside an output is finished, put back or removed
+by the next one.
 
 Kills are real: a child process stages an output and ends with ``os._exit`` at a chosen
 step (no cleanup runs, its locks are freed by the OS), as ``kill -9`` would.
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from rdbench import staging
+from rdbench import commit
 from rdbench.files import temporary_name
 from rdbench.io import (
     MARKER,
@@ -63,7 +64,7 @@ def unrenamable(monkeypatch):
             raise OSError(errno.EBUSY, "Device or resource busy", str(b))
 
         monkeypatch.setattr(os, "rename", busy)
-        monkeypatch.setattr(staging, "_rename_exchange", busy_exchange)
+        monkeypatch.setattr(commit, "_rename_exchange", busy_exchange)
     return patch
 
 
@@ -92,7 +93,7 @@ def test_a_mount_point_is_filled_without_trying_to_rename_it(tmp_path, monkeypat
     target.mkdir()
     monkeypatch.setattr(os.path, "ismount", lambda p: Path(p) == target)
     monkeypatch.setattr(os, "rename", None)  # any rename would fail loudly
-    monkeypatch.setattr(staging, "_rename_exchange", None)
+    monkeypatch.setattr(commit, "_rename_exchange", None)
     inode = target.stat().st_ino
     _stage(target, "new")
     assert target.stat().st_ino == inode and _content(target)["index.html"] == "new"
@@ -107,7 +108,7 @@ def test_when_even_filling_fails_the_finished_output_is_kept_and_named(tmp_path,
     def denied(source, dest):
         raise OSError(errno.EACCES, "Permission denied", str(dest))
 
-    monkeypatch.setattr(staging, "_link_file", denied)
+    monkeypatch.setattr(commit, "_link_file", denied)
     with pytest.raises(ResultsKeptError, match=r"it is kept in .*\.volume\.[0-9a-f]{12}\.partial"):
         _stage(target, "new")
     kept = next(p for p in tmp_path.iterdir() if p.name.endswith(".partial"))
@@ -129,7 +130,7 @@ def test_an_error_at_the_commit_never_throws_the_finished_output_away(tmp_path, 
     def failing(a, b):
         raise error
 
-    monkeypatch.setattr(staging, "_rename_exchange", failing)
+    monkeypatch.setattr(commit, "_rename_exchange", failing)
     expected = ResultsKeptError if isinstance(error, OSError) else KeyboardInterrupt
     with pytest.raises(expected, match="Input/output error; the finished output is kept in"
                        if isinstance(error, OSError) else None):
@@ -145,12 +146,12 @@ def test_an_error_at_the_commit_never_throws_the_finished_output_away(tmp_path, 
 _CHILD = """
 import os, shutil, sys
 from pathlib import Path
-from rdbench import staging
+from rdbench import commit
 from rdbench.io import atomic_write_text, staged_directory
 
 target, step, exchange = Path(sys.argv[1]), sys.argv[2], sys.argv[3] == "exchange"
 if not exchange:
-    staging._rename_exchange = lambda a, b: False
+    commit._rename_exchange = lambda a, b: False
 rename, rmtree = os.rename, shutil.rmtree
 
 def killed_rename(src, dst):
@@ -203,19 +204,19 @@ def test_a_kill_at_any_step_leaves_the_output_to_the_next_run(tmp_path, capsys, 
 _KILLED_FILLING = """
 import os, sys
 from pathlib import Path
-from rdbench import staging
+from rdbench import commit
 from rdbench.io import atomic_write_text, staged_directory
 
 target = Path(sys.argv[1])
 os.path.ismount = lambda p: Path(p) == target  # a mount point: filled, file by file
-link, linked = staging._link_file, []
+link, linked = commit._link_file, []
 
 def killed_link(source, dest):
     if linked:
         os._exit(9)  # killed after the first file
     linked.append(link(source, dest))
 
-staging._link_file = killed_link
+commit._link_file = killed_link
 with staged_directory(target, force=True, kind="report") as tmp:
     for name in ("index.html", "figures/a.png", "summary.csv"):
         atomic_write_text(tmp / name, "new")
