@@ -1,18 +1,15 @@
-"""Training grids: the TOML schema of SPEC §4, validated once, expanded into runs.
+"""Training grids: the TOML schema of SPEC §4, §10 and §11, validated once.
 
-A grid is a flat TOML file. Every key is checked before anything starts: an unknown key,
-split, architecture or objective, a β ≤ 0 or a missing dataset is one clear
-:class:`~rdbench.io.InputError`. :func:`expand` turns a grid into runs (split ×
-architecture × objective × β × seed), each a flat dict whose identity (the fields that
-change the trained model) hashes to a stable ``run_id``.
+A grid is a TOML file. Every key is checked before anything starts: an unknown key,
+architecture, objective, likelihood or activation, a β that is not a normal float32 number,
+a missing dataset is one clear :class:`~rdbench.io.InputError`. What needs the datasets
+(split names, training-set sizes, image shapes, the user's model classes) is checked by
+:func:`benchmark.grid.expand`, which turns a grid into runs.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import itertools
-import json
 import re
 import stat
 import sys
@@ -31,11 +28,6 @@ else:  # pragma: no cover
 PRECISIONS = ("fp32", "bf16")
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-# Fields of a run that change the trained model; everything else (device, logging,
-# checkpoint cadence, the dataset's location) may differ without changing the run.
-_IDENTITY = ("dataset_fingerprint", "split", "architecture", "objective", "objective_options",
-             "beta", "seed", "iterations", "batch_size", "learning_rate", "latent_dim",
-             "precision")
 
 _FLOAT32_TINY = 1.1754943508222875e-38  # torch.finfo(torch.float32).tiny: smallest normal
 _FLOAT32_MAX = 3.4028234663852886e38  # torch.finfo(torch.float32).max
@@ -47,12 +39,19 @@ MAX_NAME = 200
 
 @dataclass(frozen=True)
 class GridConfig:
-    """One training grid (SPEC §4). Defaults are the paper's settings."""
+    """One training grid (SPEC §4, §10, §11). Defaults are the paper's settings.
 
-    dataset: str
-    splits: tuple[str, ...]
-    architectures: tuple[str, ...]
-    betas: tuple[float, ...]
+    ``dataset`` (one directory) or ``datasets`` (several: a sweep axis, e.g. Bozkurt et al.'s
+    Fig. 7); ``latent_dims``, ``likelihood``, ``decoder_std`` and ``activation`` are axes too
+    (a TOML list, or one value). ``architecture_options``: a table of options for every
+    architecture, with sub-tables ``[architecture_options.NAME]`` for one of them.
+    """
+
+    dataset: str | None = None
+    datasets: tuple[str, ...] = ()
+    splits: tuple[str, ...] = ()  # required (as are architectures and betas): parse_grid
+    architectures: tuple[str, ...] = ()
+    betas: tuple[float, ...] = ()
     name: str = "grid"
     objectives: tuple[str, ...] = ("beta_vae",)
     seeds: tuple[int, ...] = (0,)
@@ -62,15 +61,29 @@ class GridConfig:
     checkpoint_every: int = 5000
     log_every: int = 1000
     device: str = "auto"
-    latent_dim: int = 10
+    latent_dim: int | None = None  # the earlier single-value key: latent_dims = [latent_dim]
+    latent_dims: tuple[int, ...] = (10,)
+    likelihood: tuple[str, ...] = ("bernoulli",)
+    decoder_std: tuple[float | str, ...] = ()  # the gaussian likelihood's σ values, or "learned"
+    activation: tuple[str, ...] = ()  # empty: each architecture's own (relu; elu for kp-*)
+    architecture_options: dict = dataclasses.field(default_factory=dict)
     precision: str = "fp32"
     block_sizes: tuple[int, ...] = (2,)  # for `beta_vae_block`: one run per block size
     max_group_size: int = 64  # models trained at once in one job (memory bound)
+    validation: int = 0  # images held out of each split's training set (0: none)
+    validate_every: int | None = None  # iterations between validations (default log_every)
+    patience: int | None = None  # stop a run after this many validations without improving
+    tensorboard: bool = False  # also write each run's history as TensorBoard scalars
+
+    @property
+    def dataset_paths(self) -> tuple[str, ...]:
+        return self.datasets or ((self.dataset,) if self.dataset else ())
 
 
-_REQUIRED = ("dataset", "splits", "architectures", "betas")
+_REQUIRED = ("splits", "architectures", "betas")
 _TUPLES = {"splits": str, "architectures": str, "objectives": str, "betas": float,
-           "seeds": int, "block_sizes": int}
+           "seeds": int, "block_sizes": int, "datasets": str, "latent_dims": int,
+           "likelihood": str, "activation": str}
 _FLOAT32 = "a normal float32 number: the trainer computes in float32, where a smaller value " \
            "is 0 or subnormal and a larger one inf"
 _INT64 = "run files and tables store it as an int64"
@@ -85,6 +98,10 @@ _BOUNDS: dict[str, tuple[float, float, str]] = {
     "log_every": (1, _INT64_MAX, _INT64),
     "batch_size": (1, 65_536, "a larger minibatch would not fit in a GPU's memory"),
     "latent_dim": (1, MAX_LATENT_DIM, "the largest latent space a model is built with"),
+    "latent_dims": (1, MAX_LATENT_DIM, "the largest latent space a model is built with"),
+    "validation": (0, _INT64_MAX, _INT64),
+    "validate_every": (1, _INT64_MAX, _INT64),
+    "patience": (1, _INT64_MAX, _INT64),
     "block_sizes": (1, MAX_LATENT_DIM, "a block divides latent_dim"),
     "max_group_size": (1, 65_536, "models trained at once, each with its own weights"),
 }
@@ -128,16 +145,24 @@ def parse_grid(raw: dict[str, Any], source: str = "config") -> GridConfig:
         raise InputError(f"{source}: unknown key(s) {', '.join(unknown)}; "
                          f"valid keys: {', '.join(valid)}")
     missing = [k for k in _REQUIRED if k not in raw]
+    if ("dataset" in raw) == ("datasets" in raw):
+        missing.append("dataset" if "datasets" not in raw else "dataset or datasets, not both")
     if missing:
         raise InputError(f"{source}: missing required key(s) {', '.join(missing)}")
+    if "latent_dim" in raw and "latent_dims" in raw:
+        raise InputError(f"{source}: give latent_dims (a list) or latent_dim, not both")
     values = {k: _coerce(k, v, source) for k, v in raw.items()}
+    if "latent_dim" in values:
+        values["latent_dims"] = (values["latent_dim"],)
     grid = GridConfig(**values)
     _validate(grid, source)
     return grid
 
 
 def _coerce(key: str, value: Any, source: str) -> Any:
-    types = {f.name: f.type for f in dataclasses.fields(GridConfig)}
+    if key in _SPECIAL:
+        return _SPECIAL[key](value, source)
+    types = {f.name: f.type.split(" |")[0] for f in dataclasses.fields(GridConfig)}
     if key in _TUPLES:
         items = value if isinstance(value, list) else [value]
         want = _TUPLES[key]
@@ -151,17 +176,47 @@ def _coerce(key: str, value: Any, source: str) -> Any:
             raise InputError(f"{source}: {key} has duplicate entries: {items}")
         _check_bounds(key, items, source)
         return tuple(want(i) for i in items)
-    want = {"int": int, "float": float, "str": str}[types[key]]
+    want = {"int": int, "float": float, "str": str, "bool": bool}[types[key]]
     if not _is_a(value, want):
         raise InputError(f"{source}: {key} must be {want.__name__}, got {value!r}")
     _check_bounds(key, [value], source)
     return want(value)
 
 
+def _decoder_stds(value: Any, source: str) -> tuple[float | str, ...]:
+    """``decoder_std``: σ > 0 or "learned", one or a list (checked against the likelihood)."""
+    items = value if isinstance(value, list) else [value]
+    for item in items:
+        if item != "learned" and not (_is_a(item, float) and 1e-6 <= item <= 1e6):
+            raise InputError(f"{source}: decoder_std must be a number from 1e-06 to 1e+06 or "
+                             f"\"learned\" (one, or a list), got {item!r}")
+    if not items or len(set(items)) != len(items):
+        raise InputError(f"{source}: decoder_std must be a non-empty list without repeats")
+    return tuple(i if i == "learned" else float(i) for i in items)
+
+
+def _options_table(value: Any, source: str) -> dict:
+    """``[architecture_options]``: scalar options for every architecture, and sub-tables of
+    options for one (``[architecture_options.mlp1]``); lists and tables inside are refused."""
+    if not isinstance(value, dict):
+        raise InputError(f"{source}: architecture_options must be a table, got {value!r}")
+    for key, item in value.items():
+        inner = item.items() if isinstance(item, dict) else [(key, item)]
+        for name, v in inner:
+            if isinstance(v, (dict, list)) or v is None:
+                raise InputError(f"{source}: architecture_options.{key}: option {name!r} must "
+                                 f"be a number, a string or true/false, got {v!r}")
+    return dict(value)
+
+
+_SPECIAL = {"decoder_std": _decoder_stds, "architecture_options": _options_table}
+
+
 def _is_a(value: Any, want: type) -> bool:
-    """Whether a TOML value is of type ``want`` (an int counts as a float; a bool as neither)."""
+    """Whether a TOML value is of type ``want`` (an int counts as a float; a bool is only a
+    bool)."""
     if isinstance(value, bool):
-        return False
+        return want is bool
     return isinstance(value, (int, float) if want is float else want)
 
 
@@ -183,13 +238,23 @@ def _show(bound: float) -> str:
 
 
 def _validate(grid: GridConfig, source: str) -> None:
-    import tetrominoes
+    from benchmark.architectures import ACTIVATIONS, is_user_architecture
+    from benchmark.likelihoods import LIKELIHOODS
     from benchmark.models import ARCHITECTURES
     from benchmark.objectives import objective_names
 
-    _check_names(source, "split", grid.splits, tetrominoes.SPLIT_NAMES)
-    _check_names(source, "architecture", grid.architectures, ARCHITECTURES)
+    builtin = tuple(a for a in grid.architectures if not is_user_architecture(a))
+    _check_names(source, "architecture", builtin, ARCHITECTURES)
     _check_names(source, "objective", grid.objectives, objective_names())
+    _check_names(source, "likelihood", grid.likelihood, LIKELIHOODS)
+    _check_names(source, "activation", grid.activation, tuple(ACTIVATIONS))
+    if grid.activation and len(builtin) < len(grid.architectures):
+        raise InputError(f"{source}: activation applies to the built-in architectures; give "
+                         "your model's own through [architecture_options]")
+    if ("gaussian" in grid.likelihood) != bool(grid.decoder_std):
+        raise InputError(f"{source}: likelihood \"gaussian\" needs decoder_std (σ, or "
+                         "\"learned\"), and decoder_std needs likelihood \"gaussian\"")
+    _validate_validation(grid, source)
     if not _NAME.match(grid.name):
         raise InputError(f"{source}: name must be letters, digits, '.', '_' or '-' (it names "
                          f"files and the default runs directory), got {grid.name!r}")
@@ -205,10 +270,27 @@ def _validate(grid: GridConfig, source: str) -> None:
         raise InputError(f"{source}: precision must be one of {', '.join(PRECISIONS)}")
     parse_devices(grid.device)
     if "beta_vae_block" in grid.objectives:
-        bad = [b for b in grid.block_sizes if grid.latent_dim % b]
+        bad = [(b, d) for b in grid.block_sizes for d in grid.latent_dims if d % b]
         if bad:
-            raise InputError(f"{source}: block_sizes must divide latent_dim="
-                             f"{grid.latent_dim}, got {bad}")
+            raise InputError(f"{source}: block_sizes must divide every latent size, got "
+                             f"block size {bad[0][0]} for latent size {bad[0][1]}")
+
+
+def _validate_validation(grid: GridConfig, source: str) -> None:
+    """validation / validate_every / patience / tensorboard (SPEC §11)."""
+    if grid.validation == 0 and (grid.patience is not None or grid.validate_every is not None):
+        raise InputError(f"{source}: validate_every and patience need a validation set "
+                         "(validation = N images held out of each training set)")
+    every = grid.validate_every or grid.log_every
+    if grid.validation and every % grid.log_every:
+        raise InputError(f"{source}: validate_every ({every}) must be a multiple of log_every "
+                         f"({grid.log_every}), so that every validation is a row of history.csv")
+    if grid.tensorboard:
+        try:
+            import tensorboard  # noqa: F401
+        except ImportError:
+            raise InputError(f"{source}: tensorboard = true needs the tensorboard package "
+                             "(pip install 'rdbench[tensorboard]')") from None
 
 
 def _check_names(source: str, what: str, given: tuple[str, ...], valid: tuple[str, ...]) -> None:
@@ -223,50 +305,3 @@ def parse_devices(spec: str) -> list[str]:
     if not devices or not all(_DEVICE.match(d) for d in devices):
         raise InputError(f"invalid device {spec!r}; use auto, cpu, cuda, cuda:N or a comma list")
     return devices
-
-
-def objective_variants(grid: GridConfig) -> list[tuple[str, dict[str, Any]]]:
-    """(objective, options) pairs of a grid; block-diagonal β-VAEs fan out over block sizes."""
-    variants: list[tuple[str, dict[str, Any]]] = []
-    for objective in grid.objectives:
-        if objective == "beta_vae_block":
-            variants += [(objective, {"block_size": b}) for b in grid.block_sizes]
-        else:
-            variants.append((objective, {}))
-    return variants
-
-
-def run_id(run: dict[str, Any]) -> str:
-    """Stable id of a run: a hash of the fields that change the trained model."""
-    identity = {k: run[k] for k in _IDENTITY}
-    blob = json.dumps(identity, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def expand(grid: GridConfig, dataset: Any) -> list[dict[str, Any]]:
-    """All runs of a grid as resolved flat configs (the ``config.json`` of each run).
-
-    ``dataset`` is the loaded :class:`tetrominoes.Tetrominoes` (for its path, fingerprint
-    and split sizes).
-    """
-    sizes = {split: int(len(dataset.split(split).train)) for split in grid.splits}
-    small = [f"{split} ({n})" for split, n in sizes.items() if n < grid.batch_size]
-    if small:
-        raise InputError(f"batch_size {grid.batch_size} exceeds the training set of "
-                         f"{', '.join(small)}: a minibatch holds distinct examples")
-    runs = []
-    for split, arch, (objective, options), beta, seed in itertools.product(
-            grid.splits, grid.architectures, objective_variants(grid), grid.betas, grid.seeds):
-        run = {
-            "name": grid.name, "dataset": str(Path(dataset.path).resolve()),
-            "dataset_fingerprint": dataset.fingerprint, "split": split,
-            "n_train": sizes[split], "architecture": arch,
-            "objective": objective, "objective_options": options, "beta": beta, "seed": seed,
-            "iterations": grid.iterations, "batch_size": grid.batch_size,
-            "learning_rate": grid.learning_rate, "latent_dim": grid.latent_dim,
-            "precision": grid.precision, "checkpoint_every": grid.checkpoint_every,
-            "log_every": grid.log_every,
-        }
-        run["run_id"] = run_id(run)
-        runs.append(run)
-    return runs

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import os
 import sys
 import tempfile
@@ -40,6 +41,8 @@ class Job:
     # Per trained run, the runs that get a copy of everything it writes: for an objective
     # that ignores β (``ae``), the runs of one seed at other βs would train the same model.
     copies: tuple[tuple[str, ...], ...] = ()
+    validation: int = 0  # images held out of the split's training set
+    tensorboard: bool = False  # also write each run's history as TensorBoard scalars
 
     def outputs(self) -> list[list[Path]]:
         """Per trained run, every run directory its files go to (itself first)."""
@@ -74,6 +77,8 @@ def plan(grid: GridConfig, runs: list[dict[str, Any]], runs_dir: Path) -> tuple[
                 f"run {run['run_id']} has a model.pt but its status.json says "
                 f"{status!r} and it has no checkpoint; restore status.json, or delete "
                 f"{run_dir} to train it again")
+        if len(found) > 1:
+            _check_same_source(run, run_dir)
         iterations[run["run_id"]] = set(found)
         pending[run["run_id"]] = dict(run, objective_options=dict(
             run["objective_options"], dataset_size=run["n_train"]))
@@ -83,16 +88,27 @@ def plan(grid: GridConfig, runs: list[dict[str, Any]], runs_dir: Path) -> tuple[
         _warn_if_regrouped(members, groups, finished, runs_dir)
         start = max(set.intersection(*(iterations[i] for i in ids)))
         jobs += _jobs(grid, members, start, runs_dir)
-    # The rest by split, architecture, objective and latest checkpoint: 0 for fresh runs,
-    # and the iteration of checkpoints written before they named their job.
+    # The rest by everything but β and seed (dataset, split, model, objective, settings) and
+    # latest checkpoint: 0 for fresh runs, and the iteration of checkpoints written before
+    # they named their job.
     rest: dict[tuple, list[dict[str, Any]]] = {}
     for run in pending.values():
-        key = (run["split"], run["architecture"], run["objective"],
-               tuple(sorted(run["objective_options"].items())), max(iterations[run["run_id"]]))
+        key = (_group_key(run), max(iterations[run["run_id"]]))
         rest.setdefault(key, []).append(run)
     for key, members in rest.items():
         jobs += _jobs(grid, members, key[-1], runs_dir)
     return jobs, dict(skipped)
+
+
+def _check_same_source(run: dict[str, Any], run_dir: Path) -> None:
+    """A run of a user's model class resumes only with the source it was trained with."""
+    recorded = (json_or_none(run_dir / "config.json") or {}).get("architecture_source_sha256")
+    current = run.get("architecture_source_sha256")
+    if recorded is not None and current is not None and recorded != current:
+        raise InputError(f"run {run['run_id']} was trained with another version of "
+                         f"{run['architecture']} (its source file has changed since: sha256 "
+                         f"{recorded[:12]}… then, {current[:12]}… now); restore that file, or "
+                         f"delete {run_dir} to train the run again")
 
 
 def _warn_if_regrouped(members: list[dict[str, Any]], groups: dict[str, tuple[str, ...]],
@@ -136,29 +152,48 @@ def _resumed_together(groups: dict[str, tuple[str, ...]], pending: dict[str, Any
     return list(components.values())
 
 
-def _jobs(grid: GridConfig, members: list[dict[str, Any]], start: int, runs_dir: Path
-          ) -> list[Job]:
-    """Jobs of at most ``max_group_size`` runs sharing split, architecture and objective, all
-    starting at ``start`` (a resumed group larger than a lowered ``max_group_size`` splits:
-    the user's choice, at the price of float-level differences)."""
+def _group_key(run: dict[str, Any]) -> str:
+    """What the runs of one job share: every field of the run identity but β and seed."""
+    from benchmark.grid import GROUP_FIELDS, OPTIONAL_IDENTITY
+
+    fields = {k: run.get(k, OPTIONAL_IDENTITY.get(k)) for k in GROUP_FIELDS}
+    return json.dumps({**fields, "dataset": run["dataset"]}, sort_keys=True)
+
+
+def group_spec(first: dict[str, Any], part: list[dict[str, Any]]) -> Any:
+    """The GroupSpec of runs ``part`` that share the settings of the run config ``first``."""
+    from benchmark.grid import model_fields
     from benchmark.trainer import GroupSpec
 
+    model = model_fields(first)
+    return GroupSpec(
+        architecture=first["architecture"], objective=first["objective"],
+        objective_options=first["objective_options"],
+        betas=tuple(r["beta"] for r in part), seeds=tuple(r["seed"] for r in part),
+        iterations=first["iterations"], batch_size=first["batch_size"],
+        learning_rate=first["learning_rate"], log_every=first["log_every"],
+        checkpoint_every=first["checkpoint_every"], latent_dim=first["latent_dim"],
+        precision=first["precision"], image_shape=model["image_shape"],
+        likelihood=model["likelihood"], decoder_std=model["decoder_std"],
+        activation=model["activation"], architecture_options=model["options"],
+        validate_every=first.get("validate_every") or 0, patience=first.get("patience"))
+
+
+def _jobs(grid: GridConfig, members: list[dict[str, Any]], start: int, runs_dir: Path
+          ) -> list[Job]:
+    """Jobs of at most ``max_group_size`` runs sharing everything but β and seed, all
+    starting at ``start`` (a resumed group larger than a lowered ``max_group_size`` splits:
+    the user's choice, at the price of float-level differences)."""
     first = members[0]
     copies = _same_model_runs(members, runs_dir)
     members = [r for r in members if r["run_id"] in copies]
     jobs = []
     for part in _chunks(members, grid.max_group_size):
-        spec = GroupSpec(
-            architecture=first["architecture"], objective=first["objective"],
-            objective_options=first["objective_options"],
-            betas=tuple(r["beta"] for r in part), seeds=tuple(r["seed"] for r in part),
-            iterations=grid.iterations, batch_size=grid.batch_size,
-            learning_rate=grid.learning_rate, log_every=grid.log_every,
-            checkpoint_every=grid.checkpoint_every, latent_dim=grid.latent_dim,
-            precision=grid.precision)
         run_dirs = tuple(str(Path(runs_dir) / r["run_id"]) for r in part)
-        jobs.append(Job(spec, first["dataset"], first["split"], run_dirs, start,
-                        tuple(copies[r["run_id"]] for r in part)))
+        jobs.append(Job(group_spec(first, part), first["dataset"], first["split"], run_dirs,
+                        start, tuple(copies[r["run_id"]] for r in part),
+                        validation=first.get("validation", 0),
+                        tensorboard=bool(first.get("tensorboard"))))
     return jobs
 
 
@@ -228,16 +263,13 @@ def _moved_on(run_dir: Path, start: int) -> bool:
 
 def _train_job(job: Job, outputs: list[list[Path]], device: str, progress: bool,
                threads: int | None) -> list[tuple[str, str]]:
-    import numpy as np
     import torch
 
-    import tetrominoes
     from benchmark.trainer import train_group
 
     if threads:
         torch.set_num_threads(threads)
-    data = tetrominoes.load_verified(job.dataset)  # a worker may see another copy (Dask)
-    images = np.ascontiguousarray(data.images[data.split(job.split).train])  # (N, 32, 32, 3)
+    images, validation = training_images(job.dataset, job.split, job.validation)
     for d in itertools.chain.from_iterable(outputs):
         runs_io.rewind(d, job.start)
     states = [runs_io.load_checkpoint(dirs[0]) for dirs in outputs] if job.start else None
@@ -263,11 +295,30 @@ def _train_job(job: Job, outputs: list[list[Path]], device: str, progress: bool,
         for dirs, state, history in zip(outputs, states, histories, strict=True):
             for d in dirs:
                 runs_io.save_checkpoint(d, state, history, group)
+                if job.tensorboard:
+                    runs_io.write_tensorboard(d, history)
 
     final = train_group(job.spec, images, device=resolve_device(device), states=states,
-                        on_log=on_log, on_checkpoint=on_checkpoint, progress=progress)
+                        validation=validation, on_log=on_log, on_checkpoint=on_checkpoint,
+                        progress=progress)
     return [(d.name, runs_io.finish_run(d, s, h))
             for dirs, s, h in zip(outputs, final, histories, strict=True) for d in dirs]
+
+
+def training_images(dataset: str, split: str, validation: int) -> tuple[Any, Any]:
+    """uint8 (N, H, W, C) images a split trains on, and its held-out validation images
+    (None without a validation set): the same rows for every run of the split."""
+    import numpy as np
+
+    from imagesets import load_verified
+    from imagesets.splits import hold_out
+
+    data = load_verified(dataset)  # a worker may see another copy (Dask): checked again
+    train = data.split(split).train
+    if not validation:
+        return np.ascontiguousarray(data.images[train]), None
+    train, held = hold_out(train, validation, ("validation", split, validation))
+    return np.ascontiguousarray(data.images[train]), np.ascontiguousarray(data.images[held])
 
 
 def connect(scheduler: str, timeout: float = 20.0) -> Any:

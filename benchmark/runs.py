@@ -29,13 +29,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from rdbench.cli import _NO_ROOM as NO_ROOM  # (ENOSPC, EDQUOT, EROFS: the CLI's one line)
+from rdbench.files import NO_ROOM  # (ENOSPC, EDQUOT, EROFS: the CLI's one line)
 from rdbench.io import (
     InputError,
     atomic_torch_save,
     atomic_write_json,
     atomic_write_text,
+    is_leftover,
     read_json,
+    staged_directory,
 )
 
 STATUSES = ("pending", "running", "done", "failed")
@@ -90,11 +92,15 @@ def is_finished(run_dir: str | Path) -> bool:
     return read_status(run_dir)["status"] in FINISHED
 
 
-def write_status(run_dir: Path, status: str, iteration: int, reason: str | None = None) -> None:
+def write_status(run_dir: Path, status: str, iteration: int, reason: str | None = None,
+                 **extra: Any) -> None:
+    """``status.json``; ``extra``: ``stopped`` (early stopping's iteration) and
+    ``best_iteration`` (of ``model_best.pt``) for a run with a validation set."""
     assert status in STATUSES, status
     with writing(run_dir / "status.json", run_dir.name):
         atomic_write_json(run_dir / "status.json",
-                          {"status": status, "reason": reason, "iteration": int(iteration)})
+                          {"status": status, "reason": reason, "iteration": int(iteration),
+                           **extra})
 
 
 class RunWriteError(InputError):
@@ -215,9 +221,9 @@ def rewind(run_dir: Path, iteration: int) -> None:
     """Leave the run's checkpoint at ``iteration`` as ``checkpoint.pt`` and drop any other
     (none at all for 0), so that the next save rotates from a consistent state."""
     run_dir = Path(run_dir)
-    # leftovers of atomic writes a kill interrupted (the caller holds the run's lease: none
-    # is live)
-    _remove(run_dir, tuple(p.name for p in run_dir.glob(".*.tmp")))
+    # leftovers of atomic writes a kill interrupted (rdbench's own signed temporary names,
+    # never a user's file; the caller holds the run's lease: none is live)
+    _remove(run_dir, tuple(p.name for p in run_dir.glob(".*") if is_leftover(p)))
     keep = checkpoints(run_dir)[0][iteration] if iteration else None
     latest, previous = (run_dir / name for name in CHECKPOINTS)
     if keep == previous:
@@ -250,29 +256,61 @@ def _read_checkpoint(path: Path, mmap: bool = False) -> dict[str, Any]:
     return payload
 
 
+MODEL_FILES = {"final": "model.pt", "best": "model_best.pt"}  # --checkpoint final|best
+
+
 def finish_run(run_dir: Path, state: Any, history: list[dict[str, float]]) -> str:
-    """Write ``model.pt``, the history and the final status; drop the checkpoint."""
+    """Write ``model.pt`` (and with a validation set ``model_best.pt``: the weights of the
+    best validation loss), the history and the final status; drop the checkpoints."""
     write_history(run_dir, history)
     with writing(run_dir / "model.pt", run_dir.name):
         atomic_torch_save(run_dir / "model.pt", state.model)
+    extra = {}
+    if getattr(state, "best", None) is not None:
+        with writing(run_dir / MODEL_FILES["best"], run_dir.name):
+            atomic_torch_save(run_dir / MODEL_FILES["best"], state.best["model"])
+        extra = {"best_iteration": int(state.best["iteration"]),
+                 "best_validation_loss": float(state.best["value"]),
+                 "stopped": state.stopped}
     status = "failed" if state.failed else "done"
-    write_status(run_dir, status, state.iteration, state.failed)
+    write_status(run_dir, status, state.iteration, state.failed, **extra)
     _remove(run_dir, CHECKPOINTS)
     return status
 
 
-def load_model(run_dir: str | Path, device: Any = "cpu") -> Any:
-    """The trained model of a run (``weights_only=True``), in eval mode, on ``device``."""
-    from benchmark.objectives import build_objective_model
+def write_tensorboard(run_dir: Path, history: list[dict[str, float]]) -> None:
+    """``RUN/tb/``: the history as TensorBoard scalars (``train/<key>``, ``validation/<key>``
+    for ``val_<key>``), written from the whole history into a staged directory that
+    replaces the previous one, so a resumed run's events are those of an uninterrupted one."""
+    import math
+
+    from torch.utils.tensorboard import SummaryWriter
+
+    with writing(run_dir / "tb", run_dir.name), staged_directory(
+            run_dir / "tb", force=True, kind="tensorboard") as tmp:
+        writer = SummaryWriter(log_dir=str(tmp), flush_secs=3600)
+        for row in history:
+            for key, value in row.items():
+                if key == "iteration" or not math.isfinite(value):
+                    continue
+                tag = f"validation/{key[4:]}" if key.startswith("val_") else f"train/{key}"
+                writer.add_scalar(tag, value, int(row["iteration"]))
+        writer.close()
+
+
+def load_model(run_dir: str | Path, device: Any = "cpu", checkpoint: str = "final") -> Any:
+    """The trained model of a run (``weights_only=True``), in eval mode, on ``device``;
+    ``checkpoint`` ``"best"``: the weights of its best validation loss (``model_best.pt``)."""
+    from benchmark.grid import build_run_model
 
     run_dir = Path(run_dir)
     config = read_config(run_dir)
-    path = run_dir / "model.pt"
+    path = run_dir / MODEL_FILES[checkpoint]
     if not path.exists():
-        raise InputError(f"run {run_dir.name} has no model.pt (status: "
-                         f"{read_status(run_dir)['status']})")
-    model = build_objective_model(config["objective"], config["architecture"],
-                                  config["latent_dim"], config["objective_options"])
+        why = "; it was trained without a validation set" if checkpoint == "best" else ""
+        raise InputError(f"run {run_dir.name} has no {path.name} (status: "
+                         f"{read_status(run_dir)['status']}{why})")
+    model = build_run_model(config)
     state = _torch_load(path, "model")
     try:
         model.load_state_dict(state)

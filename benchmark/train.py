@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from benchmark import runs as runs_io
-from benchmark.config import GridConfig, expand, load_grid, parse_devices
+from benchmark.config import GridConfig, load_grid, parse_devices
+from benchmark.grid import expand
 from benchmark.runner import Job, check_backend, connect, dispatch, plan
 from rdbench.device import resolve_device
 from rdbench.io import (
@@ -36,8 +37,8 @@ def main(args: argparse.Namespace) -> int:
                          "would train in fp32 under ids that say bf16 (use fp32, or a CUDA "
                          "--device)")
     runs_dir = _runs_dir(args, grid)
-    dataset = _load_dataset(grid.dataset)
-    runs = expand(grid, dataset)
+    datasets = {path: _load_dataset(path) for path in grid.dataset_paths}
+    runs = expand(grid, datasets)
     _check_run_dirs(runs_dir, runs)
     if args.dry_run:
         jobs, skipped = plan(grid, runs, runs_dir)
@@ -111,7 +112,8 @@ def _runs_dir(args: argparse.Namespace, grid: GridConfig) -> Path:
     runs_dir = Path(args.out) if args.out else Path("runs") / grid.name
     check_not_inside_output(runs_dir.resolve(), args.force)
     is_ours = (runs_dir / _MARKER).is_dir()
-    runs_dir = check_output_dir(runs_dir, force=args.force or is_ours, inputs=[grid.dataset])
+    runs_dir = check_output_dir(runs_dir, force=args.force or is_ours,
+                                inputs=list(grid.dataset_paths))
     if is_ours:
         _check_writable_directory(runs_dir / _MARKER)
     return runs_dir
@@ -137,12 +139,12 @@ def _check_writable_directory(path: Path) -> None:
 
 
 def _load_dataset(path: str) -> Any:
-    import tetrominoes
+    import imagesets
 
     if not Path(path).is_dir():
-        raise InputError(f"dataset directory not found: {path} "
-                         "(create it with `rdbench data generate --out DIR`)")
-    return tetrominoes.load_verified(path)
+        raise InputError(f"dataset directory not found: {path} (create it with `rdbench data "
+                         "generate --out DIR` or `rdbench data import KIND --out DIR`)")
+    return imagesets.load_verified(path)
 
 
 def vars_of(grid: GridConfig) -> dict[str, Any]:
@@ -153,20 +155,25 @@ def vars_of(grid: GridConfig) -> dict[str, Any]:
 
 def _print_plan(grid: GridConfig, runs: list[dict], jobs: list[Job], skipped: dict,
                 devices: list[str]) -> None:
-    print(f"grid {grid.name!r}: {len(runs)} runs "
-          f"({len(grid.splits)} splits × {len(grid.architectures)} architectures × "
-          f"{len(runs) // max(1, len(grid.splits) * len(grid.architectures))} "
-          f"objective/β/seed combinations); finished already: "
+    axes = [(len(grid.dataset_paths), "datasets"), (len(grid.splits), "splits"),
+            (len(grid.architectures), "architectures")]
+    shown = " × ".join(f"{n} {what}" for n, what in axes)
+    rest = len(runs) // max(1, len(grid.dataset_paths) * len(grid.splits)
+                            * len(grid.architectures))
+    print(f"grid {grid.name!r}: {len(runs)} runs ({shown} × {rest} objective/model/β/seed "
+          f"combinations); finished already: "
           f"{', '.join(f'{n} {status}' for status, n in skipped.items()) or 'none'}")
     print(f"{len(jobs)} jobs on {', '.join(devices)}:")
-    print(f"  {'split':<14}{'arch':<7}{'objective':<16}{'models':>7}{'from it.':>10}")
+    print(f"  {'dataset':<14}{'split':<14}{'arch':<11}{'objective':<16}{'models':>7}"
+          f"{'from it.':>10}")
+    kinds = {r["dataset"]: r.get("dataset_kind", "?") for r in runs}
     for job in jobs:
         s = job.spec
-        print(f"  {job.split:<14}{s.architecture:<7}{s.objective:<16}{len(s.betas):>7}"
-              f"{job.start:>10}")
-    flops, model_iters = _estimate_cost(grid, jobs)
+        print(f"  {kinds.get(job.dataset, '?'):<14}{job.split:<14}{s.architecture:<11}"
+              f"{s.objective:<16}{len(s.betas):>7}{job.start:>10}")
+    flops, model_iters = _estimate_cost(jobs)
     print(f"cost: {model_iters:,} model-iterations, {flops / 1e15:,.2f} PFLOP "
-          f"(forward + backward, FlopCounterMode)")
+          f"(forward + backward, FlopCounterMode; validation passes included)")
     for label, rate in [("one GPU at 100 TFLOP/s", 100e12), ("a 2-core CPU at 150 GFLOP/s", 150e9)]:
         print(f"  ≈ {flops / rate / 3600:,.1f} h on {label}, if that rate were sustained")
     print("  (a lower bound: these small models reach a few % of a GPU's peak; "
@@ -174,46 +181,54 @@ def _print_plan(grid: GridConfig, runs: list[dict], jobs: list[Job], skipped: di
     print("dry run: nothing was written or started")
 
 
-def _estimate_cost(grid: GridConfig, jobs: list[Job]) -> tuple[float, int]:
-    per_arch: dict[tuple, float] = {}
+def _estimate_cost(jobs: list[Job]) -> tuple[float, int]:
+    """FLOPs and model-iterations of the jobs; a validation pass (forward only, ≈ a third of
+    a training step per image) every ``validate_every`` iterations is added."""
+    per_model: dict[str, float] = {}
     flops = 0.0
     model_iters = 0
     for job in jobs:
         s = job.spec
-        key = (s.architecture, s.objective, tuple(sorted(s.objective_options.items())))
-        if key not in per_arch:
-            per_arch[key] = _flops_per_iteration(s.architecture, s.objective,
-                                                 s.objective_options, grid)
+        key = repr((s.architecture, s.objective, sorted(s.objective_options.items()),
+                    s.latent_dim, s.batch_size, sorted(s.model_fields().items())))
+        if key not in per_model:
+            per_model[key] = _flops_per_iteration(s)
         iters = (s.iterations - job.start) * len(s.betas)
         model_iters += iters
-        flops += per_arch[key] * iters
+        step = per_model[key]
+        validations = (s.iterations - job.start) // s.validate_every if s.validate_every else 0
+        flops += step * iters + validations * len(s.betas) * step / 3 * job.validation \
+            / s.batch_size
     return flops, model_iters
 
 
 _PROBES = (2, 3, 4, 5)  # batch sizes a step's FLOPs are counted at (2: B - 1 > 0)
 
 
-def _flops_per_iteration(arch: str, objective: str, options: dict, grid: GridConfig) -> float:
-    """FLOPs of one training step of one model (forward + backward), counted by torch.
+def _flops_per_iteration(spec: Any) -> float:
+    """FLOPs of one training step of one model of the group ``spec`` (forward + backward),
+    counted by torch.
 
     Counted at batches of 2, 3 and 4 and extrapolated to ``batch_size``: a step's FLOPs are
     a polynomial of degree ≤ 2 in the batch (per-example layers; the minibatch estimators'
     B × B terms), which three points give exactly. A fourth point checks it (else the count
     is made at ``batch_size`` itself), so the dry run never needs a full step's memory.
     """
-    from benchmark.objectives import build_objective_model
+    from benchmark.trainer import init_model
 
-    model = build_objective_model(objective, arch, grid.latent_dim, options)
+    model = init_model(spec, 0)
+    options = dict(spec.objective_options, dataset_size=max(spec.batch_size, _PROBES[-1]))
 
     def count(batch: int) -> int:
-        return _count_flops(model, objective, options, grid.latent_dim, batch)
+        return _count_flops(model, spec.objective, options, spec.latent_dim,
+                            tuple(spec.image_shape), batch)
 
-    if grid.batch_size <= _PROBES[-1]:
-        return float(count(grid.batch_size))
+    if spec.batch_size <= _PROBES[-1]:
+        return float(count(spec.batch_size))
     points = [(b, count(b)) for b in _PROBES]
     if _quadratic_through(points[:3], points[3][0]) != points[3][1]:
-        return float(count(grid.batch_size))
-    return float(_quadratic_through(points[:3], grid.batch_size))
+        return float(count(spec.batch_size))
+    return float(_quadratic_through(points[:3], spec.batch_size))
 
 
 def _quadratic_through(points: list[tuple[int, int]], x: int) -> int:
@@ -225,7 +240,8 @@ def _quadratic_through(points: list[tuple[int, int]], x: int) -> int:
     return numerator // ((x0 - x1) * (x0 - x2) * (x1 - x2))
 
 
-def _count_flops(model: Any, objective: str, options: dict, latent_dim: int, batch: int) -> int:
+def _count_flops(model: Any, objective: str, options: dict, latent_dim: int,
+                 image_shape: tuple[int, int, int], batch: int) -> int:
     """FLOPs of one step of ``model`` at ``batch``, as torch's FlopCounterMode counts them."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
@@ -233,7 +249,7 @@ def _count_flops(model: Any, objective: str, options: dict, latent_dim: int, bat
     from benchmark.objectives import get_objective
 
     obj = get_objective(objective)
-    x = torch.rand(batch, 3, 32, 32)
+    x = torch.rand(batch, *image_shape)
     noise = {"eps": torch.randn(batch, latent_dim), "u": torch.rand(batch)}
     counter = FlopCounterMode(display=False)
     with counter:

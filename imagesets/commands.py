@@ -67,20 +67,13 @@ def info(args: argparse.Namespace) -> int:
 
 
 def check_figure_path(out: str | os.PathLike, force: bool) -> Path:
-    """A new .png/.pdf path in a writable directory (an existing file only with ``force``)."""
+    """A .png/.pdf path rdbench may write: new, or (``force``) a figure rdbench wrote."""
+    from rdbench.io import check_figure_output
+
     path = Path(out).expanduser().resolve()
     if path.suffix.lower() not in (".png", ".pdf"):
         raise InputError(f"--out must end in .png or .pdf: {path}")
-    if path.is_dir():
-        raise InputError(f"--out is a directory: {path}")
-    if path.exists() and not force:
-        raise InputError(f"{path} exists (use --force to replace it)")
-    parent = path.parent
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        raise InputError(f"cannot write to {parent}")
-    return path
+    return check_figure_output(path, force)
 
 
 def check_factor_pair(data, factors) -> tuple[str, str] | None:

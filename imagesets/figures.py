@@ -21,7 +21,7 @@ from matplotlib.patches import Rectangle  # noqa: E402
 
 from imagesets.data import ImageSet, load  # noqa: E402
 from imagesets.splits import factor_range, half_indices, ordered_factors  # noqa: E402
-from rdbench.io import atomic_write_bytes  # noqa: E402
+from rdbench.io import FIGURE_METADATA, atomic_write_bytes  # noqa: E402
 
 TRAIN, TEST, OTHER = "#0072B2", "#D55E00", "#BBBBBB"  # Okabe–Ito blue, vermillion; grey
 
@@ -30,8 +30,9 @@ def save_figure(fig, path: str | os.PathLike, dpi: int = 150) -> Path:
     """Write ``fig`` atomically as PNG or PDF (by suffix) and close it."""
     path = Path(path)
     buffer = io.BytesIO()
-    fig.savefig(buffer, format=path.suffix.lstrip(".").lower() or "png", dpi=dpi,
-                bbox_inches="tight", metadata={"Software": None} if path.suffix == ".png" else {})
+    png = path.suffix.lower() != ".pdf"
+    fig.savefig(buffer, format="png" if png else "pdf", dpi=dpi, bbox_inches="tight",
+                metadata={**FIGURE_METADATA, "Software": None} if png else FIGURE_METADATA)
     plt.close(fig)
     return atomic_write_bytes(path, buffer.getvalue())
 

@@ -198,3 +198,15 @@ def check_split(train: np.ndarray, test: np.ndarray, n: int, what: str) -> None:
             raise InputError(f"{what}: {side} holds rows outside [0, {n})")
     if np.intersect1d(train, test, assume_unique=True).size:
         raise InputError(f"{what}: train and test share rows")
+
+
+def hold_out(train: np.ndarray, n: int, key: tuple) -> tuple[np.ndarray, np.ndarray]:
+    """(rows trained on, validation rows): ``n`` rows of ``train`` chosen by a generator
+    seeded with ``key`` (e.g. the split's name), both sorted; the same for every caller."""
+    from rdbench.seeding import derive_seed
+
+    if not 0 <= n < len(train):
+        raise InputError(f"cannot hold out {n} of {len(train)} training images")
+    held = np.zeros(len(train), dtype=bool)
+    held[np.random.default_rng(derive_seed(*key)).choice(len(train), n, replace=False)] = True
+    return train[~held], train[held]

@@ -22,7 +22,14 @@ from imagesets.data import load_verified
 from imagesets.format import SPLIT_NAME, split_file
 from imagesets.splits import check_split, query_split
 from imagesets.writer import write_split
-from rdbench.io import InputError, atomic_write_json, json_or_none, sha256_file
+from rdbench.io import (
+    MARKER,
+    InputError,
+    atomic_write_json,
+    json_or_none,
+    record_output_files,
+    sha256_file,
+)
 
 
 def add_split(directory: str | os.PathLike, name: str, *, train_query: str | None = None,
@@ -79,11 +86,8 @@ def _record(directory: Path, name: str, info: dict, digest: str) -> None:
     manifest.setdefault("splits", {})[name] = info
     manifest.setdefault("added_files", {})[split_file(name)] = digest
     atomic_write_json(directory / "manifest.json", manifest)
-    from rdbench import io
-
-    record = getattr(io, "record_output_files", None)
-    if record is not None:  # the dataset's own files, for what a later --force may replace
-        record(directory, [split_file(name)])
+    if (directory / MARKER).exists():  # the dataset's own files: what --force may replace
+        record_output_files(directory, [split_file(name)])
 
 
 @contextlib.contextmanager

@@ -7,11 +7,11 @@ inside the handlers, so ``rdbench --help`` and input validation answer at once.
 from __future__ import annotations
 
 import argparse
-import errno
 import sys
 from collections.abc import Sequence
 
 from rdbench import __version__
+from rdbench.files import NO_ROOM
 from rdbench.io import InputError
 
 _PACKAGES = ("imagesets", "tetrominoes", "benchmark", "analysis")
@@ -58,18 +58,17 @@ def main(argv: Sequence[str] | None = None, packages: Sequence[str] = _PACKAGES)
         sys.stderr.close()
         return 0
     except OSError as e:
-        if e.errno not in _NO_ROOM:
+        if e.errno not in NO_ROOM:
             raise
         print(f"rdbench: error: {no_room_message(e)}", file=sys.stderr)
         return 1
 
 
 # A full disk, a full quota, a read-only file system: not the command's fault, nor a bug.
-_NO_ROOM = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
 
 
 def no_room_message(e: OSError) -> str:
-    """One line for an OSError of :data:`_NO_ROOM`: what, where, and what became of the
+    """One line for an OSError of :data:`NO_ROOM`: what, where, and what became of the
     output (the notes the writers added, e.g. ``staged_directory``'s)."""
     where = f" while writing {e.filename}" if e.filename else ""
     kept = "; ".join(getattr(e, "__notes__", ())) or \

@@ -17,6 +17,7 @@ a leftover is removed only when its lock can be taken, i.e. its process has died
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -30,6 +31,11 @@ T = TypeVar("T")
 
 _TEMPORARY = re.compile(r"^\.(?P<name>.+)\.(?:(?P<token>[0-9a-f]{12})\.(?P<suffix>tmp|partial)"
                         r"|old-(?P<old>[0-9a-f]{12}))$")
+
+
+# OSErrors that mean the machine, not the input: a full disk, a full quota, a read-only file
+# system. ``rdbench.cli`` reports them as one line (exit status 1).
+NO_ROOM = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
 
 
 class InputError(Exception):

@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmark.config import expand, load_grid, parse_devices, parse_grid, run_id
+from benchmark.config import load_grid, parse_devices, parse_grid
+from benchmark.grid import expand, run_id
 from rdbench.io import InputError
 
 
@@ -32,7 +33,6 @@ def test_paper_and_demo_presets_parse():
 @pytest.mark.parametrize(
     ("override", "message"),
     [({"bogus_key": 1}, "unknown key(s) bogus_key; valid keys: dataset"),
-     ({"splits": ["nope"]}, "unknown split 'nope'"),
      ({"architectures": ["mlp2"]}, "unknown architecture 'mlp2'"),
      ({"objectives": ["vae"]}, "unknown objective 'vae'"),
      ({"betas": [1.0, 0.0]}, "betas must be a number from 1.1754944e-38 to 3.4028235e+38"),
@@ -62,7 +62,25 @@ def test_paper_and_demo_presets_parse():
      ({"log_every": -5}, "log_every must be an integer from 1"),
      ({"learning_rate": "fast"}, "learning_rate must be float"),
      ({"device": "tpu"}, "invalid device"),
-     ({"precision": "fp8"}, "precision must be one of")])
+     ({"precision": "fp8"}, "precision must be one of"),
+     ({"likelihood": "poisson"}, "unknown likelihood 'poisson'"),
+     ({"likelihood": "gaussian"}, "needs decoder_std"),
+     ({"decoder_std": 0.1}, "needs decoder_std"),
+     ({"likelihood": "gaussian", "decoder_std": -1}, "decoder_std must be a number"),
+     ({"likelihood": "gaussian", "decoder_std": "fixed"}, "or \"learned\""),
+     ({"activation": "tanh"}, "unknown activation 'tanh'"),
+     ({"activation": "elu", "architectures": ["pkg.mod:Net"]}, "built-in architectures"),
+     ({"latent_dims": [8, 8]}, "duplicate"),
+     ({"latent_dims": [8], "latent_dim": 4}, "not both"),
+     ({"latent_dims": [0]}, "latent_dims must be an integer from 1"),
+     ({"architecture_options": 3}, "must be a table"),
+     ({"architecture_options": {"hidden": [1, 2]}}, "must be a number, a string"),
+     ({"patience": 3}, "need a validation set"),
+     ({"validation": 100, "validate_every": 15, "log_every": 10,
+       "checkpoint_every": 30}, "multiple of log_every"),
+     ({"validation": -1}, "validation must be an integer from 0"),
+     ({"tensorboard": "yes"}, "tensorboard must be bool"),
+     ({"datasets": ["a", "b"]}, "not both")])
 def test_bad_grid_is_one_clear_error(tmp_path, override, message):
     with pytest.raises(InputError, match=None) as err:
         parse_grid(_grid(tmp_path, **override))

@@ -109,7 +109,8 @@ def test_bad_split_files_are_refused_even_with_a_matching_checksum(grid_dataset,
 def test_datasets_of_earlier_versions_keep_their_fingerprint_and_run_ids(tiny_dataset):
     """The tiny Tetrominoes dataset (seed 0) and a run on it have the ids they had before
     the format changed (values computed with rdbench 0.1.0 before imagesets existed)."""
-    from benchmark.config import expand, parse_grid
+    from benchmark.config import parse_grid
+    from benchmark.grid import expand
 
     data = imagesets.load_verified(tiny_dataset)
     assert data.fingerprint == "85cc19424b0e7c6e"

@@ -832,30 +832,33 @@ def test_dry_run_flops_are_extrapolated_from_small_batches(monkeypatch):
     """A step's FLOPs are quadratic in the batch: counted at 2..5, never at the full batch
     (whose memory the dry run must not need), unless the fourth point breaks the fit."""
     from benchmark import train as train_module
-    from benchmark.config import GridConfig
+    from benchmark.trainer import GroupSpec
 
-    grid = GridConfig(dataset="d", splits=("random",), architectures=("mlp1",), betas=(1.0,),
-                      batch_size=65_536, latent_dim=2)
+    spec = GroupSpec("mlp1", "beta_vae", {}, (1.0,), (0,), 10, 65_536, 1e-3, 1, 1,
+                     latent_dim=2)
     quadratic, cubic = (lambda b: 7 + 5 * b + 3 * b * b), (lambda b: b ** 3)
     for flops, counted in ((quadratic, [2, 3, 4, 5]), (cubic, [2, 3, 4, 5, 65_536])):
         seen: list[int] = []
         monkeypatch.setattr(train_module, "_count_flops", lambda model, *args, f=flops, s=seen:
                             s.append(args[-1]) or f(args[-1]))
-        assert train_module._flops_per_iteration("mlp1", "beta_vae", {}, grid) == flops(65_536)
+        assert train_module._flops_per_iteration(spec) == flops(65_536)
         assert seen == counted
 
 
 @pytest.mark.usefixtures("one_thread")
 def test_extrapolated_flops_equal_torchs_count_at_the_full_batch():
-    """For the minibatch estimators' B × B terms (no_mi) and a per-example objective."""
+    """For the minibatch estimators' B × B terms (no_mi), a per-example objective, and a
+    model of another image shape and likelihood."""
     from benchmark import train as train_module
-    from benchmark.config import GridConfig
-    from benchmark.objectives import build_objective_model
+    from benchmark.trainer import GroupSpec, init_model
 
-    grid = GridConfig(dataset="d", splits=("random",), architectures=("mlp1",), betas=(1.0,),
-                      batch_size=37, latent_dim=3)
-    for objective in ("no_mi", "beta_vae"):
-        options = {"dataset_size": 100}
-        model = build_objective_model(objective, "mlp1", 3, options)
-        direct = train_module._count_flops(model, objective, options, 3, 37)
-        assert train_module._flops_per_iteration("mlp1", objective, options, grid) == direct
+    for objective, shape, likelihood, std in (("no_mi", (3, 32, 32), "bernoulli", None),
+                                              ("beta_vae", (3, 32, 32), "bernoulli", None),
+                                              ("beta_vae", (1, 12, 10), "gaussian", 0.1)):
+        spec = GroupSpec("mlp1", objective, {}, (1.0,), (0,), 10, 37, 1e-3, 1, 1,
+                         latent_dim=3, image_shape=shape, likelihood=likelihood,
+                         decoder_std=std)
+        options = {"dataset_size": 37}
+        direct = train_module._count_flops(init_model(spec, 0), objective, options, 3, shape,
+                                           37)
+        assert train_module._flops_per_iteration(spec) == direct
