@@ -12,18 +12,13 @@ from __future__ import annotations
 import dataclasses
 import re
 import stat
-import sys
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from benchmark.models import MAX_LATENT_DIM
 from rdbench.io import InputError
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 PRECISIONS = ("fp32", "bf16")
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
