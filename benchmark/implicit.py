@@ -110,8 +110,7 @@ def frozen_batch_statistics(model: Any):
     mode the Jacobian then includes the (O(1/B)) dependence of the batch statistics on the
     other examples' latents. A no-op for models without BatchNorm.
     """
-    layers = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
-              and m.track_running_stats]
+    layers = _tracking_batch_norms(model)
     for m in layers:
         m.track_running_stats = False
     try:
@@ -119,6 +118,20 @@ def frozen_batch_statistics(model: Any):
     finally:
         for m in layers:
             m.track_running_stats = True
+
+
+def _tracking_batch_norms(model: Any) -> list[torch.nn.Module]:
+    return [m for m in model.modules()
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+
+
+def update_running_statistics(model: Any, z: Tensor) -> None:
+    """One plain decoder pass (no gradient) so that BatchNorm layers in training mode update
+    their running statistics once per step, as a β-VAE's decoder pass does: GRAE evaluates
+    its decoder only inside Jacobian computations, which leave them alone."""
+    if any(m.training for m in _tracking_batch_norms(model)):
+        with torch.no_grad():
+            model.decode(z.detach())
 
 
 def decoder_jacobian(model: Any, z: Tensor) -> tuple[Tensor, Tensor]:
@@ -170,6 +183,7 @@ def grae_loss(model: Any, x: Tensor, beta: Tensor, noise: dict, options: dict) -
     """GRAE (eq. 12; eq. 13 for a Gaussian likelihood): −log p(x|ℓ) + (β/2)‖h‖²
     + (β/2) log det(I + A/β), per example."""
     h = upcast(model.encode(x)[0])
+    update_running_statistics(model, h)
     logits, A = gauss_newton(model, h)
     distortion = model.likelihood.nll(logits, x.flatten(1))
     L, ok = _precision_cholesky(A, beta)
@@ -187,6 +201,7 @@ def grae_approx_loss(model: Any, x: Tensor, beta: Tensor, noise: dict,
     h = upcast(model.encode(x)[0])
     d = h.shape[-1]
     column = (noise["u"] * d).floor().long().clamp(0, d - 1)  # (B,)
+    update_running_statistics(model, h)
     logits, col = decoder_column(model, h, column)
     a = (model.likelihood.curvature_sqrt(logits) * col).square().sum(-1) / beta  # A_cc/β (B,)
     log_det = d * torch.log1p(a)

@@ -164,13 +164,14 @@ def _print_plan(grid: GridConfig, runs: list[dict], jobs: list[Job], skipped: di
           f"combinations); finished already: "
           f"{', '.join(f'{n} {status}' for status, n in skipped.items()) or 'none'}")
     print(f"{len(jobs)} jobs on {', '.join(devices)}:")
-    print(f"  {'dataset':<14}{'split':<14}{'arch':<11}{'objective':<16}{'models':>7}"
-          f"{'from it.':>10}")
     kinds = {r["dataset"]: r.get("dataset_kind", "?") for r in runs}
-    for job in jobs:
-        s = job.spec
-        print(f"  {kinds.get(job.dataset, '?'):<14}{job.split:<14}{s.architecture:<11}"
-              f"{s.objective:<16}{len(s.betas):>7}{job.start:>10}")
+    table = [("dataset", "split", "architecture", "objective", "models", "from it.")] + [
+        (kinds.get(job.dataset, "?"), job.split, job.spec.architecture, job.spec.objective,
+         str(len(job.spec.betas)), str(job.start)) for job in jobs]
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    for row in table:
+        print("  " + "  ".join(f"{c:<{w}}" if i < 4 else f"{c:>{w}}"
+                               for i, (c, w) in enumerate(zip(row, widths, strict=True))))
     flops, model_iters = _estimate_cost(jobs)
     print(f"cost: {model_iters:,} model-iterations, {flops / 1e15:,.2f} PFLOP "
           f"(forward + backward, FlopCounterMode; validation passes included)")

@@ -84,6 +84,8 @@ def check_user_net(path: str, net: nn.Module, image_shape: tuple[int, int, int],
     if bad:
         raise InputError(f"architecture {path!r}: parameter {bad[0]} is not floating point")
     x = torch.rand(2, *image_shape)
+    was = net.training
+    net.eval()  # no BatchNorm statistics updated, no dropout: the model is left as built
     try:
         with torch.no_grad():
             out = net.encode(x)
@@ -100,6 +102,8 @@ def check_user_net(path: str, net: nn.Module, image_shape: tuple[int, int, int],
     except Exception as e:
         raise InputError(f"architecture {path!r}: running encode/decode on a batch of 2 failed "
                          f"({type(e).__name__}: {_first_line(e)})") from None
+    finally:
+        net.train(was)
 
 
 def _expect(path: str, what: str, t: Any, shape: tuple[int, ...]) -> None:
