@@ -265,10 +265,11 @@ def _validate(grid: GridConfig, source: str) -> None:
         raise InputError(f"{source}: precision must be one of {', '.join(PRECISIONS)}")
     parse_devices(grid.device)
     if "beta_vae_block" in grid.objectives:
-        bad = [(b, d) for b in grid.block_sizes for d in grid.latent_dims if d % b]
+        bad = [b for b in grid.block_sizes if all(d % b for d in grid.latent_dims)]
         if bad:
-            raise InputError(f"{source}: block_sizes must divide every latent size, got "
-                             f"block size {bad[0][0]} for latent size {bad[0][1]}")
+            raise InputError(f"{source}: block size {bad[0]} divides none of the latent sizes "
+                             f"{list(grid.latent_dims)} (a block-diagonal posterior runs only "
+                             "where its block size divides the latent size)")
 
 
 def _validate_validation(grid: GridConfig, source: str) -> None:

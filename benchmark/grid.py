@@ -107,6 +107,8 @@ def _expand_dataset(grid: GridConfig, data: Any) -> list[dict[str, Any]]:
             itertools.product(grid.splits, grid.architectures, objective_variants(grid),
                               grid.latent_dims, likelihood_variants(grid),
                               grid.activation or (None,), grid.betas, grid.seeds):
+        if latent % options.get("block_size", 1):
+            continue  # a block size that does not divide this latent size (config.py says)
         act, arch_options = resolved_model(arch, activation, architecture_options(grid, arch))
         run = {
             "name": grid.name, "dataset": str(Path(data.path).resolve()),

@@ -20,6 +20,13 @@ def _grid(dataset: Path, **overrides) -> dict:
     return raw
 
 
+@pytest.mark.parametrize("preset", ["b21_cpu", "kp_mnist", "datasets", "demo", "paper"])
+def test_every_preset_parses(preset):
+    grid = load_grid(f"configs/{preset}.toml")
+    assert grid.name == preset
+    assert Path(f"configs/{preset}.toml").resolve().parent.name == "presets"  # shipped
+
+
 def test_paper_and_demo_presets_parse():
     paper = load_grid("configs/paper.toml")
     assert len(paper.splits) == 19 and len(paper.betas) == 12 and len(paper.seeds) == 5

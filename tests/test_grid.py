@@ -125,3 +125,16 @@ def test_several_datasets_in_one_grid(tiny_dataset, tmp_path):
                          str(other): imagesets.load(other)})
     assert {(r["dataset_kind"], tuple(r["image_shape"])) for r in runs} == {
         ("tetrominoes", (3, 32, 32)), ("npy", (1, 6, 6))}
+
+
+def test_block_sizes_run_only_where_they_divide_the_latent_size(tiny_dataset):
+    """Kumar & Poole's MNIST setting: latent sizes 8/12/16/20 with blocks of 1, 2 and 3; a
+    block of 3 divides only 12."""
+    runs = _runs(tiny_dataset, objectives=["beta_vae_block"], block_sizes=[1, 2, 3],
+                 latent_dims=[8, 12, 16, 20], betas=[1.0])
+    pairs = sorted((r["latent_dim"], r["objective_options"]["block_size"]) for r in runs)
+    assert pairs == [(8, 1), (8, 2), (12, 1), (12, 2), (12, 3), (16, 1), (16, 2), (20, 1),
+                     (20, 2)]
+    with pytest.raises(InputError, match="block size 3 divides none"):
+        parse_grid(_grid(tiny_dataset, objectives=["beta_vae_block"], block_sizes=[3],
+                         latent_dims=[8, 16]))
