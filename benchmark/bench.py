@@ -1,15 +1,31 @@
 """``rdbench bench train``: throughput of the vectorised trainer vs a plain per-model loop.
 
-For every architecture and group size M, both train the same M β-VAEs (batch 128, Adam,
-same steps) on random uint8 images held on the device:
+The bench times *cases*: a case is a network on an input shape with a likelihood
+(:class:`Case`: architecture, image shape (C, H, W), likelihood, decoder σ, architecture
+options). The case sets (``--cases``):
+- ``paper``: the paper's four networks on 3×32×32 Tetrominoes, Bernoulli (the paper grid
+  projection and the README's table come from these rows only);
+- ``shapes``: ``mlp1`` and ``cnn1`` on 1×28×28 (MNIST) and 3×64×64 (3dShapes, CelebA);
+- ``likelihoods``: ``kp-mnist`` on 1×28×28 with a Gaussian decoder of learned σ (Kumar &
+  Poole's network, full width: 12 M parameters) and ``mlp1`` with σ = 0.1 on 3×32×32.
+Each case trains on random uint8 images of its shape, held on the device.
+
+For every case and group size M, both train the same M β-VAEs (batch 128, Adam, same
+steps), built by :func:`benchmark.trainer.init_model` from one :class:`GroupSpec`:
 - ``vectorised``: :func:`benchmark.trainer.train_group` (stacked weights, one Adam);
-- ``loop``: M ordinary modules, M ``torch.optim.Adam``, one model after the other.
-Throughput is model-iterations per second, timed after a warm-up. Model FLOPs per
-model-iteration = 3 (forward + backward) × 2 × forward MACs × batch, counted analytically
-(:func:`benchmark.models.forward_macs`); MFU = achieved FLOP/s / measured dense matmul peak
-(fp32, TF32 allowed on CUDA as in the trainer). The paper grid projection (SPEC §4: 12 β ×
-5 seeds × 257,000 iterations × 19 splits per architecture) assumes groups of 60 at the
-throughput of the largest measured group.
+- ``loop``: M ordinary modules, M ``torch.optim.Adam``, one model after the other, each
+  step the spec's objective (its distortion through ``model.likelihood``).
+Throughput is model-iterations per second, timed after a warm-up. On the CPU a case of more
+than ``HEAVY_FLOPS`` per model-iteration (``kp-mnist``) is timed at groups of 1 and 4 over 2
+steps (best of 2), the others at 1, 4 and 12 over 6 steps (best of 5).
+
+Model FLOPs per model-iteration = 3 (forward + backward) × 2 × forward MACs × batch, counted
+analytically layer by layer (:func:`benchmark.models.describe`, which
+:func:`~benchmark.models.forward_macs` sums; BatchNorm, activations and the likelihood
+count 0); MFU = achieved FLOP/s / measured dense matmul peak (fp32, TF32 allowed on CUDA as
+in the trainer). The paper grid projection (SPEC §4: 12 β × 5 seeds × 257,000 iterations ×
+19 splits per architecture) assumes groups of 60 at the throughput of the largest measured
+group of each paper row.
 
 ``mfu_ceiling`` is a roofline bound on the MFU from parameter traffic alone: every step
 must move each parameter's bytes ``PARAM_PASSES`` times (forward read, input-gradient read,
@@ -27,8 +43,9 @@ import argparse
 import platform
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from rdbench import _lazy
 from rdbench.io import InputError, check_bench_output, report_bench_result
@@ -37,24 +54,72 @@ if TYPE_CHECKING:  # torch is imported only when the benchmark runs (fast ``rdbe
     import numpy as np
     import torch
 
-ARCHITECTURES = ("mlp1", "mlp3", "cnn1", "cnn3")  # == benchmark.models.ARCHITECTURES
+    from benchmark.trainer import GroupSpec
 
 BATCH = 128  # the paper's; --batch changes it for one benchmark run
-BENCH_IMAGES = 4096  # random uint8 images the bench trains on
+BENCH_IMAGES = 4096  # random uint8 images the bench trains on, per case
 PARAM_PASSES = 10  # 4-byte passes over each parameter per step (see the module docstring)
 PAPER_MODEL_ITERATIONS = 12 * 5 * 257_000 * 19  # per architecture: β × seeds × its × splits
+PAPER_SHAPE = (3, 32, 32)  # Tetrominoes (C, H, W)
+HEAVY_FLOPS = 50e9  # per model-iteration: above it a CPU times few models and steps
+# --quick narrows every network through its [architecture_options]
+QUICK_OPTIONS = {"hidden": 32, "channels": 8, "width": 0.05}
+
+
+@dataclass(frozen=True)
+class Case:
+    """One network to time: architecture, input (C, H, W), likelihood, σ, options."""
+
+    kind: str  # the case set: "paper", "shapes" or "likelihoods"
+    architecture: str
+    image_shape: tuple[int, int, int] = PAPER_SHAPE
+    likelihood: str = "bernoulli"
+    decoder_std: float | str | None = None
+    options: dict[str, Any] = field(default_factory=dict)  # [architecture_options]
+
+    def input_label(self) -> str:
+        return "×".join(map(str, self.image_shape))
+
+    def likelihood_label(self) -> str:
+        if self.likelihood != "gaussian":
+            return self.likelihood
+        return "gaussian σ learned" if self.decoder_std == "learned" \
+            else f"gaussian σ={self.decoder_std:g}"
+
+    def architecture_label(self) -> str:
+        return " ".join([self.architecture, *(f"{k}={v:g}" for k, v in self.options.items())])
+
+
+CASES = (
+    Case("paper", "mlp1"),
+    Case("paper", "mlp3"),
+    Case("paper", "cnn1"),
+    Case("paper", "cnn3"),
+    Case("shapes", "mlp1", (1, 28, 28)),
+    Case("shapes", "cnn1", (1, 28, 28)),
+    Case("shapes", "mlp1", (3, 64, 64)),
+    Case("shapes", "cnn1", (3, 64, 64)),
+    Case("likelihoods", "kp-mnist", (1, 28, 28), "gaussian", "learned"),
+    Case("likelihoods", "mlp1", PAPER_SHAPE, "gaussian", 0.1),
+)
+CASE_SETS = ("paper", "shapes", "likelihoods", "all")
+BENCH_ARCHITECTURES = tuple(dict.fromkeys(c.architecture for c in CASES))
 
 
 def register_bench_train(benches: argparse._SubParsersAction) -> None:
     """Add ``rdbench bench train`` (called by ``benchmark.cli.register_bench``)."""
     p = benches.add_parser("train", help="vectorised trainer vs per-model loop (SPEC §8)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--cases", nargs="+", default=["all"], choices=CASE_SETS, metavar="SET",
+                   help="case sets to time: paper (4 networks on 3×32×32, Bernoulli), shapes "
+                        "(mlp1, cnn1 on 1×28×28 and 3×64×64), likelihoods (kp-mnist and mlp1 "
+                        "with Gaussian decoders), all (default)")
     p.add_argument(
         "--architectures",
         nargs="+",
-        default=list(ARCHITECTURES),
+        default=None,
         metavar="ARCH",
-        help=f"subset of {' '.join(ARCHITECTURES)}",
+        help=f"only the cases of these networks ({' '.join(BENCH_ARCHITECTURES)})",
     )
     p.add_argument(
         "--models",
@@ -62,7 +127,8 @@ def register_bench_train(benches: argparse._SubParsersAction) -> None:
         type=int,
         default=None,
         metavar="M",
-        help="group sizes (default 1 4 12 on CPU, 1 4 12 60 on CUDA)",
+        help="group sizes (default 1 4 12 on CPU, 1 4 on CPU above 50 GFLOP per "
+             "model-iteration, 1 4 12 60 on CUDA)",
     )
     p.add_argument("--steps", type=int, default=None, help="timed steps per measurement")
     p.add_argument("--batch", type=int, default=BATCH, help=f"minibatch size (default {BATCH})")
@@ -71,7 +137,8 @@ def register_bench_train(benches: argparse._SubParsersAction) -> None:
                         "earlier `bench train` result)")
     p.add_argument("--force", action="store_true",
                    help="replace an existing --out file that is not a `bench train` result")
-    p.add_argument("--quick", action="store_true", help="few steps, small groups (smoke run)")
+    p.add_argument("--quick", action="store_true",
+                   help="narrow layers, few steps, small groups (smoke run)")
     p.set_defaults(handler=_lazy.handler("benchmark.bench:main"))
 
 
@@ -141,92 +208,129 @@ def mfu_ceiling(flops: float, n_bytes: float, peak: float, bandwidth: float) -> 
     return flops / max(flops / peak, n_bytes / bandwidth) / peak
 
 
-def time_vectorised(
-    arch: str,
-    m: int,
-    steps: int,
-    warmup: int,
-    images: np.ndarray,
-    device: torch.device,
-    batch: int = BATCH,
-) -> float:
+# ---------------------------------------------------------------- the two trainers
+def group_spec(case: Case, m: int, iterations: int, batch: int = BATCH,
+               log_every: int = 1) -> GroupSpec:
+    """The group of m β-VAEs of ``case`` that both trainers train (β spread, seeds 0..m-1)."""
+    from benchmark.trainer import GroupSpec
+
+    return GroupSpec(case.architecture, "beta_vae", {}, _betas(m), tuple(range(m)), iterations,
+                     batch, 1e-3, log_every=log_every, checkpoint_every=iterations,
+                     image_shape=case.image_shape, likelihood=case.likelihood,
+                     decoder_std=case.decoder_std, architecture_options=dict(case.options))
+
+
+def case_images(case: Case, n: int = BENCH_IMAGES, seed: int = 0) -> np.ndarray:
+    """n random uint8 images (n, H, W, C) of the case's shape."""
+    import numpy as np
+
+    c, h, w = case.image_shape
+    return np.random.default_rng(seed).integers(0, 256, (n, h, w, c), dtype=np.uint8)
+
+
+def time_vectorised(case: Case, m: int, steps: int, warmup: int, images: np.ndarray,
+                    device: torch.device, batch: int = BATCH) -> float:
     """Seconds for ``steps`` iterations of a group of m models, after ``warmup`` iterations."""
-    from benchmark.trainer import GroupSpec, train_group
+    from benchmark.trainer import train_group
 
     marks: list[float] = []
 
     def mark(it: int, rows: list) -> None:  # on_log syncs (metrics to host)
         marks.append(time.perf_counter())
 
-    spec = GroupSpec(
-        arch,
-        "beta_vae",
-        {},
-        _betas(m),
-        tuple(range(m)),
-        warmup + steps,
-        batch,
-        1e-3,
-        log_every=warmup,
-        checkpoint_every=warmup + steps,
-    )
+    spec = group_spec(case, m, warmup + steps, batch, log_every=warmup)
     train_group(spec, images, device=device, on_log=mark, progress=False)
     return marks[-1] - marks[0]
 
 
-def time_loop(
-    arch: str,
-    m: int,
-    steps: int,
-    warmup: int,
-    images: np.ndarray,
-    device: torch.device,
-    batch: int = BATCH,
-) -> float:
-    """Seconds for ``steps`` iterations of m plain models trained one after the other."""
+def time_loop(case: Case, m: int, steps: int, warmup: int, images: np.ndarray,
+              device: torch.device, batch: int = BATCH) -> float:
+    """Seconds for ``steps`` iterations of the same m models trained one after the other,
+    each an ordinary module with its own ``torch.optim.Adam``."""
     import torch
 
-    from benchmark.objectives import beta_vae
-    from benchmark.trainer import GroupSpec, init_model
+    from benchmark.objectives import get_objective
+    from benchmark.trainer import init_model
+    from imagesets.tensor import channels_first, to_float
 
-    spec = GroupSpec(arch, "beta_vae", {}, (1.0,), (0,), 1, batch, 1e-3, 1, 1)
-    nets = [init_model(spec, s).to(device) for s in range(m)]
-    opts = [torch.optim.Adam(net.parameters(), lr=1e-3) for net in nets]
-    betas = [torch.tensor(b, device=device) for b in _betas(m)]
-    data = torch.from_numpy(images).to(device).permute(0, 3, 1, 2).contiguous()
+    spec = group_spec(case, m, warmup + steps, batch)
+    loss = get_objective(spec.objective).loss
+    nets = [init_model(spec, s).to(device) for s in spec.seeds]
+    opts = [torch.optim.Adam(net.parameters(), lr=spec.learning_rate) for net in nets]
+    betas = [torch.tensor(b, device=device) for b in spec.betas]
+    data = channels_first(images, device)  # (N, C, H, W) uint8
     t0 = 0.0
     for step in range(warmup + steps):
         if step == warmup:
             _sync(device)
             t0 = time.perf_counter()
         for net, opt, beta in zip(nets, opts, betas, strict=True):
-            x = data[torch.randint(len(data), (batch,), device=device)].float() / 255
-            noise = {
-                "eps": torch.randn(batch, 10, device=device),
-                "u": torch.rand(batch, device=device),
-            }
-            beta_vae.loss(net, x, beta, noise, {})["loss"].mean().backward()
+            x = to_float(data[torch.randint(len(data), (batch,), device=device)])
+            noise = {"eps": torch.randn(batch, spec.latent_dim, device=device),
+                     "u": torch.rand(batch, device=device)}
+            loss(net, x, beta, noise, spec.objective_options)["loss"].mean().backward()
             opt.step()
             opt.zero_grad()
     _sync(device)
     return time.perf_counter() - t0
 
 
-def _defaults(args: argparse.Namespace, device: torch.device) -> tuple[list[int], int, int, int]:
-    """Group sizes, timed steps, warm-up steps and repeats for this device and mode."""
+def case_costs(case: Case) -> tuple[int, int]:
+    """(forward MACs per example, parameters) of one model of ``case``, its options and
+    likelihood included (what :func:`benchmark.models.forward_macs` counts, per layer)."""
+    from benchmark.models import count_parameters, describe
+    from benchmark.trainer import init_model
+
+    model = init_model(group_spec(case, 1, 1), 0)
+    return sum(r["macs"] for r in describe(model, case.image_shape)), count_parameters(model)
+
+
+# ---------------------------------------------------------------- what to time
+def select_cases(args: argparse.Namespace) -> list[Case]:
+    """The cases of ``--cases`` of the ``--architectures`` (narrowed under ``--quick``)."""
+    from benchmark.architectures import get_architecture
+
+    sets = set(CASE_SETS[:-1]) if "all" in args.cases else set(args.cases)
+    chosen = [c for c in CASES if c.kind in sets
+              and (args.architectures is None or c.architecture in args.architectures)]
+    if not args.quick:
+        return chosen
+    narrowed = []
+    for c in chosen:
+        accepted = get_architecture(c.architecture).options
+        options = {k: v for k, v in QUICK_OPTIONS.items() if k in accepted}
+        narrowed.append(Case(c.kind, c.architecture, c.image_shape, c.likelihood,
+                             c.decoder_std, {**options, **c.options}))
+    return narrowed
+
+
+def _plan(args: argparse.Namespace, device: torch.device, flops: float
+          ) -> tuple[list[int], int, int, int]:
+    """Group sizes, timed steps, warm-up steps and repeats of a case of ``flops`` per
+    model-iteration on this device, in this mode."""
     gpu = device.type == "cuda"
-    sizes = args.models or ([1, 4] if args.quick else [1, 4, 12, 60] if gpu else [1, 4, 12])
-    steps = args.steps or (2 if args.quick else 50 if gpu else 6)
-    warmup = 1 if args.quick else 10 if gpu else 2
+    few = args.quick or (not gpu and flops > HEAVY_FLOPS)
+    sizes = args.models or ([1, 2] if args.quick else [1, 4] if few
+                            else [1, 4, 12, 60] if gpu else [1, 4, 12])
+    steps = args.steps or (2 if few else 50 if gpu else 6)
+    warmup = 1 if few else 10 if gpu else 2
     # a shared CPU is noisy (the same step varies by ±20 %): best of 5 interleaved runs
-    repeats = 1 if args.quick else 2 if gpu else 5
+    repeats = 1 if args.quick else 2 if gpu or few else 5
     return sizes, steps, warmup, repeats
 
 
 def _validate(args: argparse.Namespace) -> None:
-    unknown = [a for a in args.architectures if a not in ARCHITECTURES]
+    archs = args.architectures or []
+    unknown = [a for a in archs if a not in BENCH_ARCHITECTURES]
     if unknown:
-        raise InputError(f"unknown architecture {unknown[0]!r}; valid: {' '.join(ARCHITECTURES)}")
+        raise InputError(f"unknown architecture {unknown[0]!r}; the bench times "
+                         f"{' '.join(BENCH_ARCHITECTURES)}")
+    bad = [s for s in args.cases if s not in CASE_SETS]
+    if bad:
+        raise InputError(f"unknown case set {bad[0]!r}; valid: {' '.join(CASE_SETS)}")
+    if not select_cases(args):
+        raise InputError(f"no case of --cases {' '.join(args.cases)} uses "
+                         f"{' or '.join(archs)}: see `rdbench bench train --help`")
     if args.models is not None and min(args.models) < 1:
         raise InputError("--models: group sizes must be >= 1")
     if args.steps is not None and args.steps < 1:
@@ -236,29 +340,26 @@ def _validate(args: argparse.Namespace) -> None:
                          f"minibatches are distinct examples), got {args.batch}")
 
 
-def measure(
-    arch: str,
-    m: int,
-    steps: int,
-    warmup: int,
-    images: np.ndarray,
-    device: torch.device,
-    repeats: int = 1,
-    batch: int = BATCH,
-) -> dict:
+# ---------------------------------------------------------------- rows and the table
+def case_fields(case: Case) -> dict[str, Any]:
+    """The JSON columns that say which case a row measures."""
+    return {"case": case.kind, "architecture": case.architecture,
+            "image_shape": list(case.image_shape), "likelihood": case.likelihood,
+            "decoder_std": case.decoder_std, "architecture_options": dict(case.options)}
+
+
+def measure(case: Case, m: int, steps: int, warmup: int, images: np.ndarray,
+            device: torch.device, repeats: int = 1, batch: int = BATCH) -> dict:
     """One row of raw figures: model-iterations/s of both trainers (best of ``repeats``,
     interleaved), FLOPs and parameter bytes per model-iteration (ratios: :func:`add_ratios`)."""
-    from benchmark.models import build_model, count_parameters, forward_macs
-
-    flops = 6 * forward_macs(arch) * batch  # per model-iteration
-    param_bytes = PARAM_PASSES * 4 * count_parameters(build_model(arch))
+    macs, n_params = case_costs(case)
     vec = loop = 0.0
     for _ in range(repeats):  # interleaved so that a noisy neighbour hits both alike
-        t_vec = time_vectorised(arch, m, steps, warmup, images, device, batch)
+        t_vec = time_vectorised(case, m, steps, warmup, images, device, batch)
         vec = max(vec, m * steps / t_vec)
-        loop = max(loop, m * steps / time_loop(arch, m, steps, warmup, images, device, batch))
+        loop = max(loop, m * steps / time_loop(case, m, steps, warmup, images, device, batch))
     return {
-        "architecture": arch,
+        **case_fields(case),
         "models": m,
         "steps": steps,
         "batch": batch,
@@ -266,8 +367,9 @@ def measure(
         "vectorised_its": vec,
         "loop_its": loop,
         "speedup": vec / loop,
-        "flops_per_model_it": flops,
-        "param_bytes_per_model_it": param_bytes,
+        "parameters": n_params,
+        "flops_per_model_it": 6 * macs * batch,
+        "param_bytes_per_model_it": PARAM_PASSES * 4 * n_params,
     }
 
 
@@ -286,19 +388,35 @@ def add_ratios(row: dict, peak: float, bandwidth: float) -> dict:
 
 
 def projection(rows: list[dict]) -> dict | None:
-    """Hours for the paper grid per architecture, at the largest measured group's speed
-    (None unless measured at the paper's batch size)."""
-    if any(r["batch"] != BATCH for r in rows):
+    """Hours for the paper grid per paper architecture (rows of the ``paper`` cases only:
+    3×32×32, Bernoulli), at its largest measured group's speed (None unless there are paper
+    rows, all measured at the paper's batch size)."""
+    paper = [r for r in rows if r["case"] == "paper"]
+    if not paper or any(r["batch"] != BATCH for r in paper):
         return None
     hours = {}
-    for arch in dict.fromkeys(r["architecture"] for r in rows):
-        best = max((r for r in rows if r["architecture"] == arch), key=lambda r: r["models"])
+    for arch in dict.fromkeys(r["architecture"] for r in paper):
+        best = max((r for r in paper if r["architecture"] == arch), key=lambda r: r["models"])
         hours[arch] = PAPER_MODEL_ITERATIONS / best["vectorised_its"] / 3600
     return {
         "model_iterations_per_architecture": PAPER_MODEL_ITERATIONS,
         "hours": hours,
         "total_hours": sum(hours.values()),
     }
+
+
+def _its(value: float) -> str:
+    """model-it/s for the table: one decimal, three below 1 (kp-mnist on a CPU)."""
+    return f"{value:.1f}" if value >= 1 else f"{value:.3f}"
+
+
+def _table_row(r: dict) -> str:
+    case = Case(r["case"], r["architecture"], tuple(r["image_shape"]), r["likelihood"],
+                r["decoder_std"], r["architecture_options"])
+    return (f"| {case.architecture_label()} | {case.input_label()} | "
+            f"{case.likelihood_label()} | {r['models']} | {_its(r['vectorised_its'])} | "
+            f"{_its(r['loop_its'])} | {r['speedup']:.2f}× | {r['vectorised_tflops']:.3f} | "
+            f"{100 * r['vectorised_mfu']:.1f} % | {100 * r['mfu_ceiling']:.0f} % |")
 
 
 def markdown(result: dict) -> str:
@@ -310,32 +428,42 @@ def markdown(result: dict) -> str:
         + (f", copy bandwidth {bw:,.0f} GB/s" if bw else "")
         + f"; batch {result['rows'][0]['batch'] if result['rows'] else BATCH}.",
         "",
-        "| arch | M | vectorised it/s | loop it/s | speed-up | vec TFLOP/s | vec MFU "
-        "| param-traffic MFU ceiling |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| arch | input (C×H×W) | likelihood | M | vectorised it/s | loop it/s | speed-up "
+        "| vec TFLOP/s | vec MFU | param-traffic MFU ceiling |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        *(_table_row(r) for r in result["rows"]),
     ]
-    for r in result["rows"]:
-        lines.append(
-            f"| {r['architecture']} | {r['models']} | {r['vectorised_its']:.1f} | "
-            f"{r['loop_its']:.1f} | {r['speedup']:.2f}× | "
-            f"{r['vectorised_tflops']:.3f} | {100 * r['vectorised_mfu']:.1f} % | "
-            f"{100 * r['mfu_ceiling']:.0f} % |"
-        )
     proj = result["projection"]
     if proj is None:
-        lines += ["", f"No paper grid projection: it needs the paper's batch of {BATCH}."]
+        lines += ["", f"No paper grid projection: it needs the paper rows (3×32×32, "
+                      f"Bernoulli) at the paper's batch of {BATCH}."]
     else:
         parts = ", ".join(f"{a} {h:,.0f} h" for a, h in proj["hours"].items())
         lines += [
             "",
-            f"Paper grid projection (groups of 60 at the largest measured M's speed): "
-            f"{parts}; total {proj['total_hours']:,.0f} h on this device.",
+            f"Paper grid projection (paper rows only; groups of 60 at the largest measured "
+            f"M's speed): {parts}; total {proj['total_hours']:,.0f} h on this device"
+            + (" (--quick: narrowed layers, not the paper's networks)."
+               if result.get("quick") else "."),
         ]
     return "\n".join(lines)
 
 
+def _measure_case(case: Case, args: argparse.Namespace, device: torch.device) -> list[dict]:
+    """Every group size's row of one case, printed as it is measured."""
+    images = case_images(case)
+    sizes, steps, warmup, repeats = _plan(args, device, 6 * case_costs(case)[0] * args.batch)
+    rows = []
+    for m in sizes:
+        rows.append(measure(case, m, steps, warmup, images, device, repeats, args.batch))
+        r = rows[-1]
+        print(f"{case.architecture_label()} {case.input_label()} {case.likelihood_label()} "
+              f"M={m}: vectorised {r['vectorised_its']:.1f} it/s, loop {r['loop_its']:.1f} "
+              f"it/s ({r['speedup']:.2f}×)", flush=True)
+    return rows
+
+
 def main(args: argparse.Namespace) -> int:
-    import numpy as np
     import torch
 
     from benchmark.trainer import _setup_device
@@ -344,22 +472,9 @@ def main(args: argparse.Namespace) -> int:
     _validate(args)
     device = _setup_device(resolve_device(args.device))
     out = check_bench_output(args.out, args.force, "train")
-    sizes, steps, warmup, repeats = _defaults(args, device)
-    images = np.random.default_rng(0).integers(0, 256, (BENCH_IMAGES, 32, 32, 3),
-                                               dtype=np.uint8)
     peak = matmul_peak(device)
     bandwidth = copy_bandwidth(device)
-    batch = args.batch
-    rows = []
-    for arch in args.architectures:
-        for m in sizes:
-            rows.append(measure(arch, m, steps, warmup, images, device, repeats, batch))
-            r = rows[-1]
-            print(
-                f"{arch} M={m}: vectorised {r['vectorised_its']:.1f} it/s, "
-                f"loop {r['loop_its']:.1f} it/s ({r['speedup']:.2f}×)",
-                flush=True,
-            )
+    rows = [row for case in select_cases(args) for row in _measure_case(case, args, device)]
     # a noisy neighbour can only make a ceiling look lower: take the best of two readings
     peak = max(peak, matmul_peak(device))
     bandwidth = max(bandwidth, copy_bandwidth(device))
@@ -369,6 +484,7 @@ def main(args: argparse.Namespace) -> int:
         "device_name": device_name(device),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
+        "quick": bool(args.quick),
         "peak_tflops": peak / 1e12,
         "bandwidth_gbs": bandwidth / 1e9,
         "rows": [add_ratios(r, peak, bandwidth) for r in rows],
