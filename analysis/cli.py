@@ -37,11 +37,12 @@ def _register_evaluate(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser("evaluate", help="estimate D, R, MI, marginal KL, log p(x) per run")
     p.add_argument("runs_dir", metavar="RUNS_DIR")
     p.add_argument("--iwae-samples", type=int, default=1000, metavar="K",
-                   help="importance samples for log p(x) (default 1000)")
+                   help="importance samples for log p(x) (default 1000, at most 100,000)")
     p.add_argument("--iwae-subset", type=int, default=1000, metavar="N",
                    help="examples per set for log p(x) (default 1000; 0 = all)")
     p.add_argument("--mi-batch", default="512", metavar="B|exact",
-                   help="minibatch size of the rate decomposition, or 'exact' (default 512)")
+                   help="minibatch size of the rate decomposition, 2 to 4,096, or 'exact' "
+                        "(default 512)")
     p.add_argument("--nn-subset", type=int, default=5000, metavar="N",
                    help="test images per split for nearest-neighbour distances "
                         "(default 5000; 0 = all)")
@@ -49,7 +50,8 @@ def _register_evaluate(commands: argparse._SubParsersAction) -> None:
                    help="evaluate a seeded subset of at most N examples per set "
                         "(default 0 = all)")
     p.add_argument("--batch-size", type=int, default=256, metavar="B",
-                   help="images per chunk on the device (default 256)")
+                   help="images per chunk on the device (default 256, at most 4,096; the "
+                        "numbers do not depend on it)")
     p.add_argument("--device", default="auto", help=_DEVICE_HELP)
     p.add_argument("--dataset", metavar="DIR",
                    help="the dataset the runs trained on, if it has moved since (default: the "

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -195,7 +196,7 @@ def rate_decomposition(mu: Tensor, logvar: Tensor | None = None, *,
             "rate_analytic": analytic.mean().item()}
 
 
-def importance_log_px(x: Tensor, mu: Tensor, logvar: Tensor | None,
+def importance_log_px(x: Tensor | Any, mu: Tensor, logvar: Tensor | None,
                       log_likelihood: Callable[[Tensor, Tensor], Tensor], *,
                       scale_tril: Tensor | None = None, num_samples: int = 1000,
                       chunk_size: int = 4096,
@@ -207,7 +208,9 @@ def importance_log_px(x: Tensor, mu: Tensor, logvar: Tensor | None,
     chunked over samples and examples (the samples drawn do not depend on the chunking).
     K = 1 is the single-sample ELBO; the bound rises
     toward log p(x) with K and is tight when q(z|x) is the exact posterior.
-    x: (B, ...), mu: (B, d), logvar: (B, d) or scale_tril: (B, d, d) -> (B,) float64.
+    x: (B, ...), mu: (B, d), logvar: (B, d) or scale_tril: (B, d, d) -> (B,) float64;
+    ``x`` is only sliced by example (``x[a:b]``) for ``log_likelihood``, so any object that
+    slices so (rows read from disk on demand) does.
     Samples are drawn and scored in float64 (``log_likelihood`` gets float64 z): a float32
     μ + σε would round to μ once σ is far below μ's float32 spacing (logvar ≲ −33 at |μ| ~ 1),
     and the estimate would no longer be a bound.
@@ -237,7 +240,8 @@ def importance_log_px(x: Tensor, mu: Tensor, logvar: Tensor | None,
 
 def nearest_neighbour_distances(test: Tensor | np.ndarray, train: Tensor | np.ndarray, *,
                                 chunk_size: int = 2048, device: str | torch.device | None = None,
-                                candidates: int = 8) -> tuple[Tensor, Tensor]:
+                                candidates: int = 8, test_rows: np.ndarray | None = None,
+                                train_rows: np.ndarray | None = None) -> tuple[Tensor, Tensor]:
     """ℓ₂ distance of every test row to its nearest train row, and that row's index.
 
     Rows are flattened: test (n, ...), train (m, ...) in the inputs' units (uint8 stays
@@ -245,19 +249,24 @@ def nearest_neighbour_distances(test: Tensor | np.ndarray, train: Tensor | np.nd
     sets, keeping the ``candidates`` nearest; then those are re-ranked with the exact
     float64 difference (so duplicates give exactly 0). Returns (distance (n,) float64,
     index (n,) int64), on the CPU.
+
+    ``test_rows`` / ``train_rows``: use only these rows of ``test`` / ``train`` (n = len of
+    them; the index returned is still a row of ``train``). They are read ``chunk_size`` rows
+    at a time, so a memory-mapped set is never copied whole.
     """
     device = torch.device(device) if device is not None else _device_of(test)
-    test_flat, train_flat = _flat(test), _flat(train)
-    if test_flat.shape[1] != train_flat.shape[1] or len(train_flat) == 0:
+    test_flat, train_flat = _Rows(_flat(test), test_rows), _Rows(_flat(train), train_rows)
+    if test_flat.width != train_flat.width or len(train_flat) == 0:
         raise ValueError(f"incompatible sets: test {tuple(test.shape)}, train {tuple(train.shape)}")
     k = min(candidates, len(train_flat))
     dists, index = [], []
     for i in range(0, len(test_flat), chunk_size):
-        a = _to_device(test_flat[i:i + chunk_size], device, torch.float32)  # (c, D)
+        chunk = test_flat[i:i + chunk_size]
+        a = _to_device(chunk, device, torch.float32)  # (c, D)
         cand = _nearest_candidates(a, train_flat, chunk_size, k, device)  # (c, k)
-        dist, best = _rerank(test_flat[i:i + chunk_size], train_flat, cand.cpu())
+        dist, best = _rerank(chunk, train_flat, cand.cpu())
         dists.append(dist)
-        index.append(best)
+        index.append(train_flat.row_of(best))
     return torch.cat(dists), torch.cat(index)
 
 
@@ -381,9 +390,33 @@ def _to_device(t: Tensor | np.ndarray, device: torch.device, dtype: torch.dtype)
     return t.to(device=device).to(dtype)
 
 
-def _nearest_candidates(a: Tensor, train: Tensor | np.ndarray, chunk_size: int, k: int,
+class _Rows:
+    """Rows ``rows`` of a flattened set (all when None), indexed by position: slices and
+    position arrays read only those rows (a memmap's fancy index copies just them)."""
+
+    def __init__(self, flat: Tensor | np.ndarray, rows: np.ndarray | None):
+        self.flat, self.rows = flat, rows
+        self.width = flat.shape[1]
+
+    def __len__(self) -> int:
+        return len(self.flat) if self.rows is None else len(self.rows)
+
+    def __getitem__(self, positions: slice | np.ndarray) -> Tensor | np.ndarray:
+        picked = positions if self.rows is None else self.rows[positions]
+        if isinstance(self.flat, Tensor) and not isinstance(picked, slice):
+            picked = torch.as_tensor(picked, device=self.flat.device)
+        return self.flat[picked]
+
+    def row_of(self, positions: Tensor) -> Tensor:
+        """Rows of the whole set at these positions: (n,) int64."""
+        if self.rows is None:
+            return positions
+        return torch.as_tensor(np.asarray(self.rows)[positions.numpy()], dtype=torch.long)
+
+
+def _nearest_candidates(a: Tensor, train: _Rows, chunk_size: int, k: int,
                         device: torch.device) -> Tensor:
-    """Indices (c, k) of the k smallest ‖a − b‖² over train, float32 matmul form."""
+    """Positions (c, k) in train of the k smallest ‖a − b‖², float32 matmul form."""
     a_sq = a.square().sum(1, keepdim=True)  # (c, 1)
     best_d = torch.empty(len(a), 0, device=device)
     best_i = torch.empty(len(a), 0, dtype=torch.long, device=device)
@@ -397,13 +430,12 @@ def _nearest_candidates(a: Tensor, train: Tensor | np.ndarray, chunk_size: int, 
     return best_i
 
 
-def _rerank(a: Tensor | np.ndarray, train: Tensor | np.ndarray,
-            cand: Tensor) -> tuple[Tensor, Tensor]:
-    """Exact float64 distances (c, k) to the candidate rows; the nearest, lowest index on ties."""
+def _rerank(a: Tensor | np.ndarray, train: _Rows, cand: Tensor) -> tuple[Tensor, Tensor]:
+    """Exact float64 distances (c, k) to the candidate positions; the nearest, lowest
+    position on ties."""
     a64 = _to_device(a, torch.device("cpu"), torch.float64)  # (c, D)
     rows, inverse = torch.unique(cand, return_inverse=True)  # rows sorted, cand = rows[inverse]
-    picked = train[rows.numpy()] if isinstance(train, np.ndarray) else train[rows.to(train.device)]
-    b64 = _to_device(picked, torch.device("cpu"), torch.float64)  # (u, D)
+    b64 = _to_device(train[rows.numpy()], torch.device("cpu"), torch.float64)  # (u, D)
     dist = torch.stack([(a64 - b64[inverse[:, t]]).square().sum(-1)
                         for t in range(cand.shape[1])], 1).sqrt()  # (c, k)
     order = torch.argsort(cand, dim=1, stable=True)

@@ -11,7 +11,9 @@ figure of the report is drawn from its DataFrame. Conventions (also in the READM
 - ``objective_options`` are flattened into columns of their own (e.g. ``block_size``);
   ``dataset_size`` is dropped there because it is ``n_train``. A training setting that
   differs between runs (``SETTINGS``: two grids trained into one runs directory, say with
-  two learning rates) becomes such a column too, so its runs are never pooled as restarts.
+  two learning rates) becomes such a column too, so its runs are never pooled as restarts;
+  so does an estimator setting of ``metrics.json`` that differs between evaluated runs
+  (``ESTIMATOR_SETTINGS``: runs evaluated with K = 256 and K = 32 are not averaged as seeds).
 - ``summarise`` keeps only rows with ``status == "done"`` and a finite distortion, and gives
   mean, sample std (ddof = 1; NaN for a single seed) and the number of seeds per
   split × architecture × objective × options × β × set.
@@ -46,6 +48,11 @@ _DROPPED_OPTIONS = ("dataset_size",)
 # Fields of a run id besides the keys, seed and options: a column only where they differ.
 SETTINGS = ("iterations", "learning_rate", "batch_size", "latent_dim", "precision",
             "dataset_fingerprint")
+# The fields of metrics.json's "settings" that change the numbers (not --batch-size, which
+# provably does not): `rdbench evaluate` re-evaluates a run whose metrics have other values,
+# and runs evaluated with different values get a column each here, like SETTINGS.
+ESTIMATOR_SETTINGS = ("iwae_samples", "iwae_subset", "mi_batch", "max_examples")
+UNRECORDED = "unrecorded"  # an estimator setting metrics.json does not state (older files)
 
 
 def _run_dirs(runs_dir: Path) -> list[Path]:
@@ -72,18 +79,32 @@ def _run_rows(run_dir: Path) -> list[dict]:
                                         "n_train")}
     base["run_id"] = config.get("run_id", run_dir.name)
     options = {k: _scalar(v) for k, v in (config.get("objective_options") or {}).items()
-               if k not in _DROPPED_OPTIONS and k not in RUN_COLUMNS + SETTINGS}
+               if k not in _DROPPED_OPTIONS
+               and k not in RUN_COLUMNS + SETTINGS + ESTIMATOR_SETTINGS}
     settings = {k: config.get(k) for k in SETTINGS}
+    estimator = _estimator_settings(metrics)
     rows = []
     for set_name in SETS:
         values = (metrics or {}).get(set_name)
         values = values if isinstance(values, dict) else {}
-        row = {**base, "set": set_name, "status": status, **options, **settings}
+        row = {**base, "set": set_name, "status": status, **options, **settings, **estimator}
         row.update({m: _as_float(values.get(m)) for m in METRICS})
         if math.isnan(row["set_size"]):  # metrics written without it evaluated the whole set
             row["set_size"] = row["n"]
         rows.append(row)
     return rows
+
+
+def _estimator_settings(metrics: dict | None) -> dict[str, str | None]:
+    """The ``ESTIMATOR_SETTINGS`` of a run's metrics as table cells: strings (``mi_batch``
+    is a number or 'exact'), :data:`UNRECORDED` where the file does not state one (so older
+    metrics are not pooled with newer ones); None for a run without metrics."""
+    if metrics is None:
+        return dict.fromkeys(ESTIMATOR_SETTINGS)
+    recorded = metrics.get("settings")
+    recorded = recorded if isinstance(recorded, dict) else {}
+    return {k: str(_scalar(recorded[k])) if k in recorded else UNRECORDED
+            for k in ESTIMATOR_SETTINGS}
 
 
 def _valid_config(config: object) -> bool:
@@ -119,7 +140,8 @@ def collect_runs(runs_dir: str | Path) -> pd.DataFrame:
     if not dirs:
         raise InputError(f"no runs (directories with config.json) in {runs_dir}")
     df = pd.DataFrame([row for d in dirs for row in _run_rows(d)])
-    df = df.drop(columns=[c for c in SETTINGS if df[c].nunique() <= 1])  # only where they differ
+    varying = [*SETTINGS, *ESTIMATOR_SETTINGS]
+    df = df.drop(columns=[c for c in varying if df[c].nunique() <= 1])  # only where they differ
     extra = sorted(c for c in df.columns if c not in RUN_COLUMNS)
     df = df[[*RUN_COLUMNS, *extra]]
     df["beta"] = df["beta"].astype(float)

@@ -113,14 +113,42 @@ def test_rerun_skips_force_recomputes_same_numbers_and_runs_are_group_independen
             assert rechunked[part][key] == pytest.approx(value, rel=1e-5, abs=1e-5), (part, key)
 
 
-@pytest.mark.parametrize("extra", [["--mi-batch", "1"], ["--mi-batch", "all"],
-                                   ["--iwae-samples", "0"], ["--iwae-subset", "-1"],
-                                   ["--max-examples", "-1"]])
-def test_bad_options_exit_2_before_work(read_metrics, runs, extra: list[str], capsys) -> None:
+BAD_OPTIONS = {
+    "mi-batch-1": (["--mi-batch", "1"], "from 2 to 4,096"),
+    "mi-batch-all": (["--mi-batch", "all"], "'exact'"),
+    "iwae-samples-0": (["--iwae-samples", "0"], "from 1 to 100,000"),
+    "iwae-subset-negative": (["--iwae-subset", "-1"], ">= 0"),
+    "max-examples-negative": (["--max-examples", "-1"], ">= 0"),
+    # absurd values that would exhaust memory or time: refused, the limit stated
+    "iwae-samples-1e9": (["--iwae-samples", "1000000000"], "from 1 to 100,000"),
+    "batch-size-1e5": (["--batch-size", "100000"], "from 1 to 4,096"),
+    "mi-batch-1e5": (["--mi-batch", "100000"], "from 2 to 4,096"),
+    "max-examples-1": (["--max-examples", "1"], "at least 2"),
+}
+
+
+@pytest.mark.parametrize(("extra", "says"), BAD_OPTIONS.values(), ids=BAD_OPTIONS)
+def test_bad_options_exit_2_before_work(read_metrics, runs, extra: list[str], says: str,
+                                        capsys) -> None:
     runs_dir, _ = runs
     assert rdbench(["evaluate", str(runs_dir), "--device", "cpu", *extra]) == 2
-    assert "rdbench: error:" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.startswith("rdbench: error:") and err.count("\n") == 1 and says in err
     assert not read_metrics(runs_dir) and not (runs_dir / "neighbours").exists()
+
+
+def test_help_states_the_limits(capsys) -> None:
+    """The bounds of analysis.evaluate, as --help states them (analysis/cli.py stays
+    torch-free, so it writes the numbers out: this keeps them equal)."""
+    from analysis import evaluate
+
+    with pytest.raises(SystemExit):
+        rdbench(["evaluate", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for option, limit in [("--iwae-samples", evaluate.MAX_IWAE_SAMPLES),
+                          ("--mi-batch", evaluate.MAX_MI_BATCH),
+                          ("--batch-size", evaluate.MAX_BATCH_SIZE)]:
+        assert f"{limit:,}" in text.split(option)[-1].split("--")[0], option
 
 
 def test_bad_runs_dir_or_dataset_exit_2(read_metrics, tmp_path: Path, runs) -> None:
@@ -201,12 +229,17 @@ ASYMMETRIC = [0.25 * (_I - _J) + np.arange(3)[:, None, None] - 1.0,
               0.3 * (_J - _I) - 0.5 + 0.1 * np.arange(3)[:, None, None] * _I / 31]
 
 
+def _hidden(monkeypatch, width: int) -> None:
+    """mlp1 with ``width`` hidden units instead of 512: the same code paths, in less time."""
+    from benchmark.architectures import registry
+
+    monkeypatch.setitem(registry()["mlp1"].options, "hidden", width)
+
+
 @pytest.fixture
 def narrow(monkeypatch, one_thread):
     """Hidden width 8 (the hand-built models below do not use it) and one thread: fast."""
-    from benchmark import models
-
-    monkeypatch.setattr(models, "_HIDDEN", 8)
+    _hidden(monkeypatch, 8)
 
 
 def _set_mlp1(run_dir: Path, **tensors: np.ndarray) -> None:
@@ -312,9 +345,7 @@ def _kp_grid(path: Path, dataset: Path) -> Path:
 def test_kumar_poole_objectives_train_and_evaluate_on_cpu(
         read_metrics, tmp_path, tiny_dataset, monkeypatch) -> None:
     """GRAE, GRAE≈, AE, block β-VAE on CPU: finite, Î + KL = MC rate, 0 ≤ Î ≤ log N, IWAE ≥ ELBO."""
-    from benchmark import models
-
-    monkeypatch.setattr(models, "_HIDDEN", 32)  # narrow layers, same code paths
+    _hidden(monkeypatch, 32)  # narrow layers, same code paths
     runs_dir = tmp_path / "runs"
     assert rdbench(["train", str(_kp_grid(tmp_path / "g.toml", tiny_dataset)),
                     "--out", str(runs_dir)]) == 0
@@ -334,3 +365,172 @@ def test_kumar_poole_objectives_train_and_evaluate_on_cpu(
             assert -1e-3 <= s["mutual_information"] <= math.log(s["n"]) + 1e-9, (run_id, s)
             assert s["elbo"] == pytest.approx(-(s["distortion"] + s["rate"]), abs=1e-9)
             assert s["log_px"] >= s["log_px_elbo"], (run_id, name)
+
+
+# --- trust: settings, damaged runs, nothing written before every check -------------------
+
+def _summary_line(capsys) -> str:
+    return capsys.readouterr().out.strip().splitlines()[-1]
+
+
+def test_metrics_made_with_other_settings_are_evaluated_again(read_metrics, runs,
+                                                              capsys) -> None:
+    """--iwae-subset 256 then 10: both runs re-evaluated (log_px on 10 examples), said in the
+    summary; --batch-size alone changes no number, so nothing is; metrics without settings
+    (an older file) count as other settings."""
+    runs_dir, _ = runs
+    assert rdbench(["evaluate", str(runs_dir), *FAST]) == 0
+    assert {m["test"]["log_px_n"] for m in read_metrics(runs_dir).values()} == {256}
+    assert rdbench(["evaluate", str(runs_dir), *FAST, "--iwae-subset", "10"]) == 0
+    assert _summary_line(capsys).startswith(
+        "evaluated 2 run(s) in 1 group(s) (re-evaluated 2 run(s) whose metrics had other "
+        "settings); skipped 0 already evaluated")
+    metrics = read_metrics(runs_dir)
+    assert {m["test"]["log_px_n"] for m in metrics.values()} == {10}
+    assert {m["settings"]["iwae_subset"] for m in metrics.values()} == {10}
+    assert rdbench(["evaluate", str(runs_dir), *FAST, "--iwae-subset", "10",
+                    "--batch-size", "50"]) == 0
+    assert _summary_line(capsys).startswith("evaluated 0 run(s) in 0 group(s); skipped 2")
+    assert read_metrics(runs_dir) == metrics
+    older = runs_dir / "beta_vae-mlp1-random-0.5-0" / "metrics.json"
+    older.write_text(json.dumps({k: v for k, v in metrics[older.parent.name].items()
+                                 if k != "settings"}))
+    assert rdbench(["evaluate", str(runs_dir), *FAST, "--iwae-subset", "10"]) == 0
+    assert "(re-evaluated 1 run(s) whose metrics had other settings); skipped 1" \
+        in _summary_line(capsys)
+    assert read_metrics(runs_dir) == metrics  # the same settings: the same numbers
+
+
+def test_neighbours_made_with_another_nn_subset_are_recomputed(runs) -> None:
+    runs_dir, _ = runs
+    path = runs_dir / "neighbours" / "random.npz"
+    assert rdbench(["evaluate", str(runs_dir), *FAST]) == 0
+    with np.load(path) as nn:
+        assert len(nn["test"]) == 60 and int(nn["nn_subset"]) == 60
+        older = {k: nn[k] for k in ("test", "distance", "nearest", "hard")}
+    assert rdbench(["evaluate", str(runs_dir), *FAST, "--nn-subset", "30"]) == 0
+    with np.load(path) as nn:
+        assert len(nn["test"]) == 30 and int(nn["nn_subset"]) == 30
+    np.savez(path, **older)  # a file from before the settings were stored: recomputed
+    assert rdbench(["evaluate", str(runs_dir), *FAST]) == 0
+    with np.load(path) as nn:
+        assert len(nn["test"]) == 60 and int(nn["nn_subset"]) == 60
+        assert np.array_equal(nn["distance"], older["distance"])  # seeded: the same rows
+
+
+DAMAGED_CONFIGS = {
+    "not an object": lambda c: [c],
+    "beta a string": lambda c: {**c, "beta": "one"},
+    "beta not finite": lambda c: {**c, "beta": float("inf")},
+    "latent_dim missing": lambda c: {k: v for k, v in c.items() if k != "latent_dim"},
+    "split not a string": lambda c: {**c, "split": 3},
+    "options a list": lambda c: {**c, "objective_options": []},
+    "seed a float": lambda c: {**c, "seed": 1.5},
+    "run_id null": lambda c: {**c, "run_id": None},
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGED_CONFIGS)
+def test_a_damaged_run_config_is_one_line_before_anything_is_written(
+        read_metrics, runs, damage: str, capsys) -> None:
+    runs_dir, _ = runs
+    path = runs_dir / "beta_vae-mlp1-random-2.0-1" / "config.json"
+    path.write_text(json.dumps(DAMAGED_CONFIGS[damage](json.loads(path.read_text()))))
+    assert rdbench(["evaluate", str(runs_dir), *FAST]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"rdbench: error: {path} is damaged") and err.count("\n") == 1
+    assert not read_metrics(runs_dir) and not (runs_dir / "neighbours").exists()
+
+
+def test_a_bad_run_of_a_later_group_makes_evaluate_write_nothing(read_metrics, runs,
+                                                                 capsys) -> None:
+    """A second group (another split) whose model.pt is not a state dict: refused in one
+    line, without torch's weights_only=False advice, before the first group's metrics or
+    any neighbours are written."""
+    runs_dir, data = runs
+    bad = _make_run(runs_dir, data, "cv-16384", "beta_vae", 1.0, 0)
+    (bad / "model.pt").write_bytes(b"not a model")
+    assert rdbench(["evaluate", str(runs_dir), *FAST]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("rdbench: error:") and err.count("\n") == 1 and bad.name in err
+    assert "weights_only" not in err
+    assert not read_metrics(runs_dir) and not (runs_dir / "neighbours").exists()
+
+
+def test_neighbours_that_is_not_a_directory_is_refused(read_metrics, runs, capsys) -> None:
+    runs_dir, _ = runs
+    (runs_dir / "neighbours").write_text("mine")
+    assert rdbench(["evaluate", str(runs_dir), *FAST]) == 2
+    err = capsys.readouterr().err
+    assert "neighbours is not a directory" in err and err.count("\n") == 1
+    assert not read_metrics(runs_dir) and (runs_dir / "neighbours").read_text() == "mine"
+
+
+def test_runs_of_one_split_on_two_datasets_are_refused(read_metrics, runs, capsys) -> None:
+    """neighbours/<split>.npz can hold one dataset's distances: never silently the other's."""
+    runs_dir, _ = runs
+    path = runs_dir / "beta_vae-mlp1-random-2.0-1" / "config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "dataset_fingerprint": "x"}))
+    assert rdbench(["evaluate", str(runs_dir), *FAST]) == 2
+    assert "trained on two datasets" in capsys.readouterr().err
+    assert not read_metrics(runs_dir) and not (runs_dir / "neighbours").exists()
+
+
+def test_leftovers_of_killed_writes_are_removed_never_a_live_one_or_a_users(runs,
+                                                                          capsys) -> None:
+    """A write killed while --force re-evaluated a run leaves a temporary file beside a
+    metrics.json that the next evaluate skips (and beside neighbours it does not recompute):
+    removed all the same, but never one a live evaluate holds, nor a user's look-alike."""
+    from rdbench.files import temporary_name
+    from rdbench.io import exclusive_lock
+
+    runs_dir, _ = runs
+    assert rdbench(["evaluate", str(runs_dir), *FAST]) == 0
+    run = runs_dir / "beta_vae-mlp1-random-0.5-0"
+    killed = [run / temporary_name("metrics.json", "tmp"),
+              runs_dir / "neighbours" / temporary_name("random.npz", "tmp")]
+    live = run / temporary_name("metrics.json", "tmp")
+    users = run / ".metrics.json.0123456789ab.tmp"  # the shape, not rdbench's signature
+    for path in [*killed, live, users]:
+        path.write_text("partial")
+    with exclusive_lock(live) as held:  # as a running evaluate holds its temporary file
+        assert held
+        assert rdbench(["evaluate", str(runs_dir), *FAST]) == 0
+    assert "evaluated 0 run(s)" in _summary_line(capsys)
+    assert not any(p.exists() for p in killed) and live.exists() and users.exists()
+
+
+def test_encode_set_memory_is_flat_in_the_set_size(tmp_path) -> None:
+    """6 mlp1 models (128 hidden units) on 12,000 images: the outputs need 6 MB and a chunk
+    of 256 ~80 MB, so the peak grows by far less than 300 MB. Per-chunk tensors kept in
+    lists and joined at the end fragmented glibc's heap: +700 MB here, 21.5 GB for six
+    full-width runs on cv-8192's 155,648 test images."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "measure.py"
+    script.write_text(_MEASURE_ENCODE_SET)
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                         check=True, timeout=300)
+    grown_mb = float(out.stdout.split()[-1])
+    assert 0 <= grown_mb < 300, out.stdout
+
+
+_MEASURE_ENCODE_SET = """
+import resource
+import numpy as np, torch
+from analysis.metrics import EvalSettings, ModelGroup, encode_set
+from benchmark.architectures import registry
+from benchmark.models import build_model
+
+torch.set_num_threads(1)
+registry()["mlp1"].options["hidden"] = 128
+group = ModelGroup([build_model("mlp1") for _ in range(6)],
+                   [{"objective": "beta_vae", "run_id": str(i)} for i in range(6)])
+images = np.random.default_rng(0).integers(0, 256, (12000, 32, 32, 3), dtype=np.uint8)
+generators = [torch.Generator().manual_seed(i) for i in range(6)]
+encode_set(group, images, np.arange(256), generators, EvalSettings())  # one chunk's peak
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+encode_set(group, images, np.arange(len(images)), generators, EvalSettings())
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)
+"""

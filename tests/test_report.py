@@ -347,6 +347,51 @@ def test_runs_differing_in_a_training_setting_are_not_pooled_as_restarts(
         assert test.loc[lr, "distortion_mean"] == metrics["test"]["distortion"]
 
 
+def _write_settings(run: Path, settings: dict | None) -> None:
+    """Replace the estimator settings of a run's metrics.json (None: state none, as older
+    files)."""
+    path = run / "metrics.json"
+    metrics = {k: v for k, v in json.loads(path.read_text()).items() if k != "settings"}
+    path.write_text(json.dumps({**metrics, **({"settings": settings} if settings else {})}))
+
+
+def _test_rows(runs_dir: Path) -> pd.DataFrame:
+    return tables.summarise(tables.collect_runs(runs_dir)).query("set == 'test'")
+
+
+def test_runs_evaluated_with_different_estimator_settings_are_not_pooled(
+        tmp_path: Path) -> None:
+    """Two seeds of one β evaluated with --iwae-subset 1000 and 100 (two runs directories
+    merged, say): two summary rows of one seed each under an ``iwae_subset`` column (the
+    settings that agree, and --batch-size, make none); a third seed whose metrics.json
+    states no settings (an older file) is a row of its own; equal settings are pooled."""
+    rng = np.random.default_rng(0)
+    runs_dir, aside = tmp_path / "runs", tmp_path / "aside"
+    recorded = {"iwae_samples": 1000, "iwae_subset": 1000, "mi_batch": 512, "max_examples": 0,
+                "batch_size": 256}
+    for seed in range(3):
+        _write_run(runs_dir, {**_grid()[0], "run_id": f"s{seed}", "seed": seed}, "done", rng)
+        _write_settings(runs_dir / f"s{seed}", recorded)
+    _write_settings(runs_dir / "s1", {**recorded, "iwae_subset": 100, "batch_size": 64})
+    shutil.move(runs_dir / "s2", aside)
+    runs = tables.collect_runs(runs_dir)
+    assert "iwae_subset" in runs.columns
+    assert not {"iwae_samples", "mi_batch", "max_examples", "batch_size"} & set(runs.columns)
+    test = _test_rows(runs_dir).set_index("iwae_subset")
+    assert sorted(test.index) == ["100", "1000"]
+    assert (test["n_seeds"] == 1).all() and test["distortion_std"].isna().all()
+    for seed, subset in enumerate(["1000", "100"]):
+        metrics = json.loads((runs_dir / f"s{seed}" / "metrics.json").read_text())
+        assert test.loc[subset, "distortion_mean"] == metrics["test"]["distortion"]
+    shutil.move(aside, runs_dir / "s2")
+    _write_settings(runs_dir / "s2", None)
+    assert list(_test_rows(runs_dir)["n_seeds"]) == [1, 1, 1]
+    for seed in (1, 2):
+        _write_settings(runs_dir / f"s{seed}", recorded)
+    assert "iwae_subset" not in tables.collect_runs(runs_dir).columns
+    assert list(_test_rows(runs_dir)["n_seeds"]) == [3]
+
+
 def test_rd_curves_of_an_objective_that_only_has_options(runs: pd.DataFrame) -> None:
     """Only block-diagonal runs (every row has block_size): its curves are the main ones."""
     block = runs[runs["objective"] == "beta_vae_block"]
