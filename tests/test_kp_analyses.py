@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -117,10 +118,12 @@ def test_taylor_matches_monte_carlo_for_a_linear_decoder_at_small_variance():
 @pytest.fixture(scope="module")
 def kp_runs(tmp_path_factory, tiny_dataset):
     """Finished (untrained-weight) runs: mean-field and block-diagonal β-VAEs, 2 β each."""
+    import tetrominoes
     from benchmark.models import build_model
     from benchmark.objectives import get_objective
 
     runs_dir = tmp_path_factory.mktemp("kp_runs")
+    fingerprint = tetrominoes.load(tiny_dataset).fingerprint
     specs = [("beta_vae", {}, 0.1), ("beta_vae", {}, 1.0),
              ("beta_vae_block", {"block_size": 2}, 0.1), ("beta_vae_block", {"block_size": 2}, 1.0),
              ("grae", {}, 1.0)]  # not a β-VAE: ignored
@@ -128,7 +131,7 @@ def kp_runs(tmp_path_factory, tiny_dataset):
         run = runs_dir / f"run{i}"
         config = {"run_id": f"run{i}", "dataset": str(tiny_dataset), "split": "random",
                   "architecture": "mlp1", "objective": name, "objective_options": options,
-                  "beta": beta, "seed": 0, "latent_dim": 10}
+                  "beta": beta, "seed": 0, "latent_dim": 10, "dataset_fingerprint": fingerprint}
         atomic_write_json(run / "config.json", config)
         atomic_write_json(run / "status.json", {"status": "done", "reason": None, "iteration": 1})
         torch.manual_seed(i)
@@ -194,4 +197,65 @@ def test_missing_dataset_is_refused_before_any_output(tmp_path):
     (run / "model.pt").write_bytes(b"")
     with pytest.raises(InputError):
         jacobian.main(_args(tmp_path / "runs", tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
+
+
+# --- trust: damaged runs, the dataset verified as evaluate does ------------------------------
+
+
+def _one_run(runs_dir, dataset, **changes) -> Path:
+    """A finished mean-field β-VAE run (untrained weights) on ``dataset``."""
+    import tetrominoes
+    from benchmark.models import build_model
+
+    run = runs_dir / "r"
+    config = {"run_id": "r", "dataset": str(dataset), "split": "random", "architecture": "mlp1",
+              "objective": "beta_vae", "objective_options": {}, "beta": 1.0, "seed": 0,
+              "latent_dim": 10, "dataset_fingerprint": tetrominoes.load(dataset).fingerprint,
+              **changes}
+    atomic_write_json(run / "config.json", config)
+    atomic_write_json(run / "status.json", {"status": "done", "reason": None, "iteration": 1})
+    torch.save(build_model("mlp1").state_dict(), run / "model.pt")
+    return run
+
+
+@pytest.mark.parametrize("analysis", [objectives, jacobian])
+@pytest.mark.parametrize("damage", [[1, 2], {"beta": "one"}, {"latent_dim": None},
+                                    {"split": 3}, {"objective_options": []}])
+def test_a_damaged_run_config_is_one_line_before_any_output(analysis, damage, tmp_path,
+                                                            tiny_dataset):
+    run = _one_run(tmp_path / "runs", tiny_dataset)
+    config = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps(damage if isinstance(damage, list)
+                                                else {**config, **damage}))
+    with pytest.raises(InputError, match="config.json is damaged"):
+        analysis.main(_args(tmp_path / "runs", tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("analysis", [objectives, jacobian])
+def test_the_dataset_is_verified_and_must_be_the_runs(analysis, tmp_path, tiny_dataset):
+    """Checksums (a changed factors.csv) and each run's dataset_fingerprint, as evaluate."""
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_dataset, data)
+    other = _one_run(tmp_path / "other", data, dataset_fingerprint="0123456789abcdef")
+    with pytest.raises(InputError, match="changed since training"):
+        analysis.main(_args(other.parent, tmp_path / "out"))
+    run = _one_run(tmp_path / "runs", data)
+    with (data / "factors.csv").open("a") as f:
+        f.write("\n")
+    common._dataset.cache_clear()  # (cached per path within one process)
+    with pytest.raises(InputError, match="damaged"):
+        analysis.main(_args(run.parent, tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_unreadable_model_is_one_line_before_any_output(tmp_path, tiny_dataset):
+    run = _one_run(tmp_path / "runs", tiny_dataset)
+    (run / "model.pt").write_bytes(b"not a model")
+    with pytest.raises(InputError) as error:
+        objectives.main(_args(tmp_path / "runs", tmp_path / "out"))
+    assert "\n" not in str(error.value) and "weights_only" not in str(error.value)
     assert not (tmp_path / "out").exists()

@@ -31,15 +31,18 @@ def block_size(config: dict) -> int:
 def finished_vae_runs(runs_dir: str | Path) -> list[tuple[Path, dict]]:
     """(run_dir, config) of every finished β-VAE run (mean-field or block-diagonal), by β.
 
-    :class:`InputError` when there is none, before any work starts.
+    :class:`InputError` when there is none, or when a finished run's ``config.json`` is
+    damaged (:func:`analysis.evaluate.check_config`), before any work starts.
     """
+    from analysis.evaluate import check_config
     from benchmark.runs import find_runs, read_config, read_status
 
     runs = []
     for run_dir in find_runs(runs_dir):
-        config = read_config(run_dir)
-        if config.get("objective") in KP_OBJECTIVES and read_status(run_dir)["status"] == "done" \
-                and (run_dir / "model.pt").exists():
+        if read_status(run_dir)["status"] != "done":
+            continue
+        config = check_config(run_dir, read_config(run_dir))
+        if config["objective"] in KP_OBJECTIVES and (run_dir / "model.pt").exists():
             runs.append((run_dir, config))
     if not runs:
         raise InputError(f"no finished beta_vae / beta_vae_block runs in {runs_dir}")
@@ -67,15 +70,22 @@ def output_dir(args: argparse.Namespace, analysis: str) -> Path:
 
 @functools.lru_cache(maxsize=4)
 def _dataset(path: str) -> Any:
+    """The dataset at ``path``, its checksums verified (as ``rdbench evaluate`` opens it)."""
     import tetrominoes
 
-    return tetrominoes.load(path)
+    return tetrominoes.load_verified(path)
 
 
-def check_data(runs: list[tuple[Path, dict]]) -> None:
-    """Open every (dataset, split) the runs need, so a missing one fails before any work."""
+def check_inputs(runs: list[tuple[Path, dict]]) -> None:
+    """Before any work: every (dataset, split) the runs need opens and verifies, each run's
+    ``dataset_fingerprint`` is its dataset's, and each ``model.pt`` loads."""
+    from analysis.evaluate import check_fingerprint, check_model
+
     for dataset, split in sorted({(c["dataset"], c["split"]) for _, c in runs}):
         _dataset(dataset).split(split)
+    for run_dir, config in runs:
+        check_fingerprint(run_dir, config, _dataset(config["dataset"]))
+        check_model(run_dir)
 
 
 def held_out_images(config: dict, n: int, seed: int = 0) -> Tensor:

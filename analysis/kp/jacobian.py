@@ -109,7 +109,7 @@ def main(args: argparse.Namespace) -> int:
     if args.examples < 1:
         raise InputError(f"--examples must be >= 1, got {args.examples}")
     runs = common.finished_vae_runs(args.runs_dir)
-    common.check_data(runs)
+    common.check_inputs(runs)
     device = resolve_device(args.device)
     rows, matrices = [], {}
     for run_dir, config in tqdm(runs, desc="kp jacobian", disable=None):

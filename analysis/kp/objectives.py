@@ -116,7 +116,7 @@ def main(args: argparse.Namespace) -> int:
     if args.examples < 1 or args.samples < 1:
         raise InputError("--examples and --samples must be >= 1")
     runs = common.finished_vae_runs(args.runs_dir)
-    common.check_data(runs)
+    common.check_inputs(runs)
     device = resolve_device(args.device)
     rows = []
     for run_dir, config in tqdm(runs, desc="kp objectives", disable=None):
