@@ -5,7 +5,12 @@
 - evaluation throughput, images/s per model, of :func:`analysis.evaluate.encode_set` (one
   vmapped encode + posterior sample + decode + Bernoulli NLL over a group of M models,
   chunks of 256) for mlp1 … cnn3, on the CPU and on CUDA when present. Freshly initialised
-  models: throughput does not depend on the weights.
+  models: throughput does not depend on the weights;
+- the peak memory (RSS) of ``rdbench evaluate --iwae-samples 10 --iwae-subset 100`` on a
+  group of 6 mlp1 runs on ``cv-8192``: with the full dataset, 155,648 test images (the
+  target is ≤ 2 GB); the dataset is generated and the runs trained (50 iterations) into a
+  temporary directory first. Evaluate runs in a child process, whose own peak is read from
+  ``os.wait4``. ``--quick``: the 512-image dataset of the tests, 2 iterations.
 
 Prints a Markdown table; ``--out FILE.json`` writes the results with the device names
 (``"bench": "eval"`` marks the file as one a re-run may replace).
@@ -14,9 +19,15 @@ Prints a Markdown table; ``--out FILE.json`` writes the results with the device 
 from __future__ import annotations
 
 import argparse
+import json
 import math
+import os
 import platform
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -37,12 +48,14 @@ def main(args: argparse.Namespace) -> int:
     results: dict[str, Any] = {"bench": "eval", "quick": quick,
                                "cpu": platform.processor() or platform.machine(),
                                "torch_threads": torch.get_num_threads(), "devices": {},
-                               "rate_decomposition": [], "throughput": []}
+                               "rate_decomposition": [], "throughput": [],
+                               "evaluate_memory": []}
     for device in devices:
         results["devices"][str(device)] = _device_name(device)
         results["rate_decomposition"] += bench_rate_decomposition(n_rate, device)
         for arch in ARCHITECTURES:
             results["throughput"].append(bench_throughput(arch, models, n_images, device))
+    results["evaluate_memory"] = bench_evaluate_memory(devices, quick)
     report_bench_result(out, results, markdown(results))
     return 0
 
@@ -88,8 +101,63 @@ def bench_throughput(arch: str, models: int, n_images: int, device: torch.device
             "images_per_s": n_images * models / seconds}
 
 
+MEMORY_RUNS = 6  # the group whose evaluation the issue measured (20.4 GB for 12 runs then)
+MEMORY_EVALUATE = ["--iwae-samples", "10", "--iwae-subset", "100"]
+
+
+def bench_evaluate_memory(devices: list[torch.device], quick: bool) -> list[dict]:
+    """Peak RSS of ``rdbench evaluate`` per device on 6 mlp1 runs of ``cv-8192``, generated
+    and trained into a temporary directory (removed afterwards)."""
+    with tempfile.TemporaryDirectory(prefix="rdbench-bench-eval-") as tmp:
+        print(f"bench eval: generating the {'tiny' if quick else 'full'} dataset and training "
+              f"{MEMORY_RUNS} mlp1 runs in {tmp} (removed afterwards) to measure evaluate's "
+              "peak memory", file=sys.stderr, flush=True)
+        runs_dir, n_test = _trained_group(Path(tmp), quick)
+        rows = []
+        for device in devices:
+            command = ["evaluate", str(runs_dir), *MEMORY_EVALUATE, "--device", str(device),
+                       "--force"]
+            rows.append({"device": str(device), "runs": MEMORY_RUNS, "split": "cv-8192",
+                         "test_images": n_test, "peak_rss_bytes": _peak_rss(command)})
+    return rows
+
+
+def _trained_group(tmp: Path, quick: bool) -> tuple[Path, int]:
+    """The dataset (tiny with ``quick``) and 6 finished mlp1 runs on its cv-8192 split."""
+    from tetrominoes.build import TINY_GRID, generate
+
+    data = generate(tmp / "data", seed=0, progress=False, _grid=TINY_GRID if quick else None)
+    grid = {"name": "bench-eval", "dataset": str(data), "splits": ["cv-8192"],
+            "architectures": ["mlp1"], "objectives": ["beta_vae"],
+            "betas": [0.1, 0.3, 1.0, 3.0, 10.0, 30.0][:MEMORY_RUNS], "seeds": [0],
+            "iterations": 2 if quick else 50, "batch_size": 8 if quick else 64,
+            "learning_rate": 1e-3, "checkpoint_every": 50, "log_every": 2, "device": "cpu"}
+    path = tmp / "grid.toml"
+    path.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in grid.items()))
+    _peak_rss(["train", str(path), "--out", str(tmp / "runs")])
+    import tetrominoes
+
+    return tmp / "runs", len(tetrominoes.load(data).split("cv-8192").test)
+
+
+def _peak_rss(command: list[str]) -> int:
+    """Run ``rdbench COMMAND`` in a child process; its peak resident set size in bytes
+    (``os.wait4``: that child's own, not this process's nor another child's)."""
+    with tempfile.TemporaryFile() as err:
+        child = subprocess.Popen([sys.executable, "-m", "rdbench", *command],
+                                 stdout=subprocess.DEVNULL, stderr=err)
+        _, status, usage = os.wait4(child.pid, 0)
+        child.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
+        if child.returncode:
+            err.seek(0)
+            tail = err.read().decode(errors="replace").strip().splitlines()[-1:]
+            raise RuntimeError(f"rdbench {command[0]} failed ({child.returncode}): {tail}")
+    return usage.ru_maxrss * (1 if sys.platform == "darwin" else 1024)  # KiB on Linux
+
+
 def markdown(results: dict) -> str:
-    """Two Markdown tables: rate decomposition seconds, evaluation throughput."""
+    """Three Markdown tables: rate decomposition seconds, evaluation throughput, evaluate's
+    peak memory."""
     lines = ["| device | N | d | estimator | seconds | CPU seconds | Î (nats) |",
              "|---|---:|---:|---|---:|---:|---:|"]
     for r in results["rate_decomposition"]:
@@ -102,6 +170,12 @@ def markdown(results: dict) -> str:
         lines.append(f"| {results['devices'][r['device']]} | {r['architecture']} | "
                      f"{r['models']} | {r['images_per_s_per_model']:,.0f} | "
                      f"{r['images_per_s']:,.0f} |")
+    lines += ["", "| device | `rdbench evaluate` of | test images | peak RSS | target |",
+              "|---|---|---:|---:|---|"]
+    for r in results.get("evaluate_memory", []):
+        lines.append(f"| {results['devices'][r['device']]} | {r['runs']} mlp1 runs on "
+                     f"{r['split']} | {r['test_images']:,} | "
+                     f"{r['peak_rss_bytes'] / 2**30:.2f} GiB | ≤ 2 GB (full dataset) |")
     return "\n".join(lines)
 
 
