@@ -103,7 +103,7 @@ CASES = (
     Case("likelihoods", "mlp1", PAPER_SHAPE, "gaussian", 0.1),
 )
 CASE_SETS = ("paper", "shapes", "likelihoods", "all")
-BENCH_ARCHITECTURES = tuple(dict.fromkeys(c.architecture for c in CASES))
+ARCHITECTURES = tuple(dict.fromkeys(c.architecture for c in CASES))
 
 
 def register_bench_train(benches: argparse._SubParsersAction) -> None:
@@ -119,7 +119,7 @@ def register_bench_train(benches: argparse._SubParsersAction) -> None:
         nargs="+",
         default=None,
         metavar="ARCH",
-        help=f"only the cases of these networks ({' '.join(BENCH_ARCHITECTURES)})",
+        help=f"only the cases of these networks ({' '.join(ARCHITECTURES)})",
     )
     p.add_argument(
         "--models",
@@ -321,10 +321,10 @@ def _plan(args: argparse.Namespace, device: torch.device, flops: float
 
 def _validate(args: argparse.Namespace) -> None:
     archs = args.architectures or []
-    unknown = [a for a in archs if a not in BENCH_ARCHITECTURES]
+    unknown = [a for a in archs if a not in ARCHITECTURES]
     if unknown:
         raise InputError(f"unknown architecture {unknown[0]!r}; the bench times "
-                         f"{' '.join(BENCH_ARCHITECTURES)}")
+                         f"{' '.join(ARCHITECTURES)}")
     bad = [s for s in args.cases if s not in CASE_SETS]
     if bad:
         raise InputError(f"unknown case set {bad[0]!r}; valid: {' '.join(CASE_SETS)}")
