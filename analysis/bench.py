@@ -85,7 +85,8 @@ def bench_throughput(arch: str, models: int, n_images: int, device: torch.device
 
     torch.manual_seed(0)
     group = ModelGroup([build_model(arch).to(device).eval() for _ in range(models)],
-                       [{"objective": "beta_vae", "run_id": str(i)} for i in range(models)])
+                       [{"objective": "beta_vae", "run_id": str(i), "beta": 1.0}
+                        for i in range(models)])
     images = np.random.default_rng(0).integers(0, 256, (n_images, 32, 32, 3), dtype=np.uint8)
     rows = np.arange(n_images)
     settings = EvalSettings(batch_size=256)

@@ -56,6 +56,10 @@ def _register_evaluate(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--dataset", metavar="DIR",
                    help="the dataset the runs trained on, if it has moved since (default: the "
                         "path in each run's config.json; its content must be the same)")
+    p.add_argument("--checkpoint", nargs="+", choices=("final", "best"), default=["final"],
+                   metavar="final|best",
+                   help="which weights: final (model.pt, metrics.json; default), best (the "
+                        "best validation loss's model_best.pt, metrics_best.json), or both")
     p.add_argument("--force", action="store_true",
                    help="re-evaluate runs that have metrics (and recompute neighbours)")
     p.set_defaults(handler=handler("analysis.evaluate:main"))

@@ -79,11 +79,13 @@ def sample_gaussian(mu: Tensor, logvar: Tensor | None = None, *,
     """
     _check_posterior(mu, logvar, scale_tril)
     shape = mu.shape if num_samples is None else (num_samples, *mu.shape)
-    return _shift(_randn(shape, mu, generator), mu, logvar, scale_tril)
+    return reparameterise(_randn(shape, mu, generator), mu, logvar, scale_tril)
 
 
-def _shift(eps: Tensor, mu: Tensor, logvar: Tensor | None, scale_tril: Tensor | None) -> Tensor:
-    """μ + e^{logvar/2} ⊙ ε or μ + L ε for standard normal ε (..., N, d)."""
+def reparameterise(eps: Tensor, mu: Tensor, logvar: Tensor | None = None,
+                   scale_tril: Tensor | None = None) -> Tensor:
+    """z = μ + e^{logvar/2} ⊙ ε (mean-field) or z = μ + L ε (full / block covariance) for
+    standard normal ε (..., N, d): the one reparameterisation of training and evaluation."""
     if scale_tril is None:
         return mu + (0.5 * logvar).exp() * eps
     return mu + (scale_tril @ eps.unsqueeze(-1)).squeeze(-1)
@@ -231,7 +233,7 @@ def importance_log_px(x: Tensor | Any, mu: Tensor, logvar: Tensor | None,
             sl = slice(b, b + per_example)
             post = (mu[sl], None if logvar is None else logvar[sl],
                     None if scale_tril is None else scale_tril[sl])
-            z = _shift(eps[:, sl], *post)  # (k, b, d)
+            z = reparameterise(eps[:, sl], *post)  # (k, b, d)
             log_w = (log_likelihood(x[sl], z).double() + log_standard_normal(z)
                      - _log_posterior(z, *post))  # (k, b)
             total[sl] = torch.logaddexp(total[sl], torch.logsumexp(log_w, 0))

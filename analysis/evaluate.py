@@ -3,16 +3,19 @@
 For each run with status ``done`` that has no ``metrics.json`` made with the settings asked
 for (all of them with ``--force``): ``RUNS_DIR/<run_id>/metrics.json`` with, per set (its
 split's train and test set), the metrics of :mod:`analysis.metrics` and the settings used.
-Runs that share (dataset, split, architecture, objective, options) are evaluated together.
+``--checkpoint best`` evaluates the weights of the run's best validation loss
+(``model_best.pt``) into ``metrics_best.json`` instead; ``--checkpoint final best`` both.
+Runs that share their dataset, split and model structure are evaluated together.
 
 A run whose metrics were made with other values of the settings that change the numbers
 (``analysis.tables.ESTIMATOR_SETTINGS``; older files without them count as other) is
 evaluated again, so a runs directory never mixes them silently. Options whose absurd values
 would exhaust memory or time are refused beyond stated bounds (``MAX_*``).
 
-Per split: ``RUNS_DIR/neighbours/<split>.npz`` (DESIGN.md) with the ℓ₂ distance (pixels in
-[0, 1]) of a seeded subset of ``--nn-subset`` test images to the whole train set, and the
-``nn_subset`` and ``dataset_fingerprint`` it was made with (recomputed when they differ).
+Per dataset and split: ``RUNS_DIR/neighbours/<split>.<fingerprint>.npz`` (DESIGN.md) with
+the ℓ₂ distance (pixels in [0, 1]) of a seeded subset of ``--nn-subset`` test images to the
+whole train set, and the ``nn_subset`` and ``dataset_fingerprint`` it was made with
+(recomputed when they differ).
 
 Everything evaluate can refuse (options, run files, datasets and their checksums, splits,
 objectives, model files) is checked before it writes anything; its first write removes the
@@ -22,7 +25,6 @@ temporary files killed writes of an earlier evaluate left.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import reprlib
 from collections import defaultdict
@@ -57,6 +59,7 @@ from rdbench.io import (
 __all__ = ["EvalSettings", "ModelGroup", "check_config", "check_fingerprint", "check_model",
            "encode_set", "main", "posterior", "posterior_registry"]
 
+METRICS_FILES = {"final": "metrics.json", "best": "metrics_best.json"}  # --checkpoint
 MAX_IWAE_SAMPLES = 100_000  # K: time grows with K × examples
 MAX_BATCH_SIZE = 4096  # images per chunk: memory ~ models × chunk × 3072 floats
 MAX_MI_BATCH = 4096  # the minibatch estimator holds B × B × d floats; 'exact' is flat
@@ -73,6 +76,8 @@ class Selection:
     failed: int = 0  # failed in training
     unfinished: int = 0  # pending or running
     dataset: str | None = None  # --dataset: where every run's dataset is now
+    checkpoint: str = "final"  # which weights: model.pt or (best) model_best.pt
+    no_best: int = 0  # done, but no model_best.pt: trained without a validation set
 
 
 def main(args: argparse.Namespace) -> int:
@@ -81,27 +86,35 @@ def main(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     device = resolve_device(args.device)
     runs_dir = Path(args.runs_dir)
-    selection = select_runs(runs_dir, settings, force=args.force,
-                            dataset=getattr(args, "dataset", None))
-    datasets, stale_neighbours = check_inputs(runs_dir, selection, settings, args.force)
-    groups = _group(selection.todo)
-    _remove_leftovers(runs_dir, selection.done)  # the first write: everything is checked
+    checkpoints = list(dict.fromkeys(getattr(args, "checkpoint", None) or ["final"]))
+    selections = [select_runs(runs_dir, settings, force=args.force,
+                              dataset=getattr(args, "dataset", None), checkpoint=c)
+                  for c in checkpoints]
+    datasets, stale_neighbours = check_inputs(runs_dir, selections, settings, args.force)
+    _remove_leftovers(runs_dir, selections[0].done)  # the first write: everything is checked
     for path, split in stale_neighbours:
         write_neighbours(runs_dir, datasets[path], split, settings, device)
-    for key, members in tqdm(groups.items(), desc="groups", unit="group", disable=None):
-        metrics = evaluate_group(members, datasets[key[0]], settings, device)
-        for (run_dir, _), m in zip(members, metrics, strict=True):
-            atomic_write_json(run_dir / "metrics.json", m)
-    print(_summary(selection, len(groups)))
+    for selection in selections:
+        groups = _group(selection.todo)
+        for key, members in tqdm(groups.items(), desc=f"groups ({selection.checkpoint})",
+                                 unit="group", disable=None):
+            metrics = evaluate_group(members, datasets[key[0]], settings, device,
+                                     checkpoint=selection.checkpoint)
+            for (run_dir, _), m in zip(members, metrics, strict=True):
+                atomic_write_json(run_dir / METRICS_FILES[selection.checkpoint], m)
+        print(_summary(selection, len(groups)))
     return 0
 
 
 def _summary(s: Selection, n_groups: int) -> str:
     again = (f" (re-evaluated {s.stale} run(s) whose metrics had other settings)" if s.stale
              else "")
-    return (f"evaluated {len(s.todo)} run(s) in {n_groups} group(s){again}; skipped "
+    which = "" if s.checkpoint == "final" else " at their best validation checkpoint"
+    without = (f", {s.no_best} without model_best.pt (trained without a validation set)"
+               if s.checkpoint == "best" else "")
+    return (f"evaluated {len(s.todo)} run(s){which} in {n_groups} group(s){again}; skipped "
             f"{s.skipped} already evaluated, {s.failed} failed in training, {s.unfinished} "
-            "not finished")
+            f"not finished{without}")
 
 
 # --- what to evaluate, checked before anything is written --------------------------------
@@ -134,16 +147,18 @@ def settings_from_args(args: argparse.Namespace) -> EvalSettings:
 
 
 def select_runs(runs_dir: Path, settings: EvalSettings, force: bool,
-                dataset: str | None = None) -> Selection:
-    """Every finished run (config checked by :func:`check_config`) and those to evaluate:
-    no metrics, metrics with other settings, or all with ``force``. ``dataset``: the path
-    that replaces every run's dataset (it moved since training)."""
-    from benchmark.runs import find_runs, read_config, read_status
+                dataset: str | None = None, checkpoint: str = "final") -> Selection:
+    """Every finished run (config checked by :func:`check_config`) and those to evaluate at
+    ``checkpoint``: no metrics, metrics with other settings, or all with ``force``.
+    ``dataset``: the path that replaces every run's dataset (it moved since training)."""
+    from benchmark.runs import MODEL_FILES, find_runs, read_config, read_status
 
     runs = find_runs(runs_dir)
     if not runs:
         raise InputError(f"no runs in {runs_dir} (directories with a config.json)")
-    s = Selection(dataset=str(Path(dataset).expanduser().resolve()) if dataset else None)
+    s = Selection(dataset=str(Path(dataset).expanduser().resolve()) if dataset else None,
+                  checkpoint=checkpoint)
+    metrics_file = METRICS_FILES[checkpoint]
     for run_dir in runs:
         status = read_status(run_dir)["status"]
         if status != "done":
@@ -154,9 +169,11 @@ def select_runs(runs_dir: Path, settings: EvalSettings, force: bool,
         if s.dataset:
             config = dict(config, dataset=s.dataset)
         s.done.append((run_dir, config))
-        if force or not (run_dir / "metrics.json").exists():
+        if not (run_dir / MODEL_FILES[checkpoint]).exists() and checkpoint != "final":
+            s.no_best += 1
+        elif force or not (run_dir / metrics_file).exists():
             s.todo.append((run_dir, config))
-        elif _metrics_current(run_dir / "metrics.json", settings):
+        elif _metrics_current(run_dir / metrics_file, settings):
             s.skipped += 1
         else:
             s.stale += 1
@@ -204,54 +221,42 @@ def check_config(run_dir: Path, config: object) -> dict[str, Any]:
     return config
 
 
-def check_inputs(runs_dir: Path, selection: Selection, settings: EvalSettings,
+def check_inputs(runs_dir: Path, selections: list[Selection], settings: EvalSettings,
                  force: bool) -> tuple[dict[str, Any], list[tuple[str, str]]]:
     """Everything evaluate can refuse, before it writes: the neighbours directory, every
     dataset it needs (verified), fingerprints, splits and their sizes, objectives and model
-    files. Returns (dataset path -> dataset, the (dataset, split) whose neighbours to
-    write: those of the runs to evaluate with ``force``, else the ones not current)."""
+    files, for every checkpoint asked for. Returns (dataset path -> dataset, the (dataset,
+    split) whose neighbours to write: those of the runs to evaluate with ``force``, else the
+    ones not current)."""
     neighbours = runs_dir / "neighbours"
     if neighbours.exists() and not neighbours.is_dir():
         raise InputError(f"{neighbours} is not a directory (evaluate writes the nearest-"
                          "neighbour distances there); move it away")
-    by_split = _neighbour_datasets(selection.done)
-    needed = {(c["dataset"], c["split"]) for _, c in selection.todo}
-    stale = sorted((by_split[split][0], split) for split in by_split
-                   if (force and (by_split[split][0], split) in needed)
-                   or not _neighbours_current(neighbours, split, by_split[split][1], settings))
+    done, moved = selections[0].done, selections[0].dataset
+    by_dataset = {(c["dataset"], c["split"]): c.get("dataset_fingerprint") for _, c in done}
+    needed = {(c["dataset"], c["split"]) for s in selections for _, c in s.todo}
+    stale = sorted(key for key, fingerprint in by_dataset.items()
+                   if (force and key in needed)
+                   or not _neighbours_current(neighbours, key[1], fingerprint, settings))
     datasets: dict[str, Any] = {}
-    for path in sorted({p for p, _ in needed | set(stale)} | {selection.dataset} - {None}):
+    for path in sorted({p for p, _ in needed | set(stale)} | {moved} - {None}):
         datasets[path] = _load_dataset(path)  # --dataset even with nothing left to do
     for path, split in sorted(needed | set(stale)):
         _check_split(datasets[path], path, split, settings)
-    for run_dir, config in selection.done:
+    for run_dir, config in done:
         if config["dataset"] in datasets:
             check_fingerprint(run_dir, config, datasets[config["dataset"]])
-    for run_dir, config in selection.todo:
-        _check_objective(run_dir, config)
-        check_model(run_dir)
+    for selection in selections:
+        for run_dir, config in selection.todo:
+            _check_objective(run_dir, config)
+            check_model(run_dir, selection.checkpoint)
     return datasets, stale
 
 
-def _neighbour_datasets(done: list[tuple[Path, dict]]) -> dict[str, tuple[str, str | None]]:
-    """split -> (dataset path, fingerprint) of its runs: ``neighbours/<split>.npz`` holds
-    one dataset's, so runs of one split name on two datasets are refused."""
-    out: dict[str, tuple[str, str | None]] = {}
-    for run_dir, config in done:
-        mine = (config["dataset"], config.get("dataset_fingerprint"))
-        seen = out.setdefault(config["split"], mine)
-        if (seen[1] or seen[0]) != (mine[1] or mine[0]):
-            raise InputError(f"runs of split {config['split']!r} were trained on two datasets "
-                             f"(fingerprints {seen[1]} and {mine[1]}, e.g. run {run_dir.name}); "
-                             "neighbours/<split>.npz holds one: evaluate them in separate runs "
-                             "directories")
-    return out
-
-
 def _load_dataset(path: str) -> Any:
-    import tetrominoes
+    import imagesets
 
-    return tetrominoes.load_verified(path)
+    return imagesets.load_verified(path)
 
 
 def _check_split(data: Any, path: str, split: str, settings: EvalSettings) -> None:
@@ -284,14 +289,14 @@ def _check_objective(run_dir: Path, config: dict) -> None:
                          "mean-field encoder and registers no posterior")
 
 
-def check_model(run_dir: Path) -> None:
-    """``model.pt`` loads, weights only, into the run's model: one line if not
-    (:func:`benchmark.runs.load_model` never repeats torch's advice to load it with
+def check_model(run_dir: Path, checkpoint: str = "final") -> None:
+    """``model.pt`` (``model_best.pt``) loads, weights only, into the run's model: one line if
+    not (:func:`benchmark.runs.load_model` never repeats torch's advice to load it with
     ``weights_only=False``, which would run code from the file)."""
     from benchmark.runs import load_model
 
     try:
-        load_model(run_dir)
+        load_model(run_dir, checkpoint=checkpoint)
     except InputError:
         raise
     except Exception as e:  # the config's options cannot build a model
@@ -300,11 +305,12 @@ def check_model(run_dir: Path) -> None:
 
 
 def _group(todo: list[tuple[Path, dict]]) -> dict[tuple, list[tuple[Path, dict]]]:
+    """Runs evaluated together: one dataset, one split, one model structure (they stack)."""
+    from benchmark.grid import model_key
+
     groups: dict[tuple, list] = defaultdict(list)
     for run_dir, c in todo:
-        key = (c["dataset"], c["split"], c["architecture"], c["objective"],
-               json.dumps(c["objective_options"], sort_keys=True), c["latent_dim"])
-        groups[key].append((run_dir, c))
+        groups[(c["dataset"], c["split"], model_key(c))].append((run_dir, c))
     return dict(groups)
 
 
@@ -316,18 +322,26 @@ def _remove_leftovers(runs_dir: Path, done: list[tuple[Path, dict]]) -> None:
     (:func:`rdbench.io.remove_temporary_files`: only rdbench's signed names whose lock is
     free, so never a live write of another evaluate, nor a user's look-alike)."""
     for run_dir, _ in done:
-        remove_temporary_files(run_dir, "metrics.json")
-    for split in sorted({c["split"] for _, c in done}):
-        remove_temporary_files(runs_dir / "neighbours", f"{split}.npz")
+        for name in METRICS_FILES.values():
+            remove_temporary_files(run_dir, name)
+    for key in sorted({(c.get("dataset_fingerprint"), c["split"]) for _, c in done}):
+        remove_temporary_files(runs_dir / "neighbours", neighbours_name(*key))
 
 
 # --- nearest neighbours ------------------------------------------------------------------
 
+def neighbours_name(fingerprint: str | None, split: str) -> str:
+    """``<split>.<fingerprint>.npz``: one file per dataset and split (several datasets may
+    have splits of one name); ``<split>.npz`` for runs recorded without a fingerprint."""
+    return f"{split}.{fingerprint}.npz" if fingerprint else f"{split}.npz"
+
+
 def _neighbours_current(directory: Path, split: str, fingerprint: str | None,
                         settings: EvalSettings) -> bool:
-    """Whether ``<split>.npz`` was made with this ``--nn-subset`` on the runs' dataset."""
+    """Whether the split's file was made with this ``--nn-subset`` on the runs' dataset."""
     try:
-        with np.load(directory / f"{split}.npz", allow_pickle=False) as f:
+        with np.load(directory / neighbours_name(fingerprint, split),
+                     allow_pickle=False) as f:
             return (int(f["nn_subset"]) == settings.nn_subset
                     and str(f["dataset_fingerprint"]) == fingerprint)
     except Exception:  # absent, older (no settings), damaged: not current
@@ -338,5 +352,9 @@ def write_neighbours(runs_dir: Path, data: Any, split: str, settings: EvalSettin
                      device: torch.device) -> Path:
     """``RUNS_DIR/neighbours/<split>.npz`` (:func:`analysis.metrics.neighbour_arrays`)."""
     arrays = neighbour_arrays(data, split, settings, device)
-    return atomic_write(runs_dir / "neighbours" / f"{split}.npz",
+    path = atomic_write(runs_dir / "neighbours" / neighbours_name(data.fingerprint, split),
                         lambda f: np.savez(f, **arrays))
+    legacy = runs_dir / "neighbours" / f"{split}.npz"  # an earlier version's name: replaced
+    if legacy != path and legacy.is_file() and not legacy.is_symlink():
+        legacy.unlink()
+    return path

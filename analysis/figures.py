@@ -8,6 +8,7 @@ per run and recomputes no estimator.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from analysis.figures_rd import (
     finish,
     main_objective,
     plot_rd,
+    plot_rd_datasets,
     plot_rd_mlp_vs_cnn,
     plot_rd_objectives,
     plot_rd_sizes,
@@ -44,32 +46,49 @@ from analysis.plot_style import (
     styled,
 )
 from analysis.tables import evaluated
+from imagesets import figures as dataset_figures
+from imagesets.figures import show_image
 from rdbench.io import within
 
 __all__ = [
-    "comparison_splits", "load_neighbours", "plot_dataset_samples", "plot_mi_kl",
-    "plot_nn_distances", "plot_paper_splits", "plot_rd", "plot_rd_mlp_vs_cnn", "plot_rd_objectives",
-    "plot_rd_sizes", "plot_rd_splits", "plot_reconstructions", "plot_split_picture",
-    "split_label",
+    "comparison_splits", "load_neighbours", "neighbours_of", "plot_dataset_samples",
+    "plot_mi_kl", "plot_nn_distances", "plot_paper_splits", "plot_rd", "plot_rd_datasets",
+    "plot_rd_mlp_vs_cnn", "plot_rd_objectives", "plot_rd_sizes", "plot_rd_splits",
+    "plot_reconstructions", "plot_split_picture", "split_label",
 ]
 
 Neighbours = Mapping[str, Mapping[str, np.ndarray]]
 _NEIGHBOUR_KEYS = ("test", "distance", "nearest", "hard")
 
 
-def load_neighbours(runs_dir: Path) -> tuple[dict[str, dict[str, np.ndarray]], list[str]]:
-    """``RUNS_DIR/neighbours/<split>.npz`` as arrays, plus a note for every unreadable file."""
+def load_neighbours(runs_dir: Path) -> tuple[dict[tuple[str | None, str], dict[str, np.ndarray]],
+                                             list[str]]:
+    """``RUNS_DIR/neighbours/<split>.<fingerprint>.npz`` as arrays, keyed by (dataset
+    fingerprint, split) — ``<split>.npz`` of earlier versions by (its stored fingerprint or
+    None, split) — plus a note for every unreadable file."""
     found, notes = {}, []
     for path in sorted((Path(runs_dir) / "neighbours").glob("*.npz")):
         if not within(path, runs_dir):  # a link to any file of the user's: never read
             notes.append(f"skipped {path.name}: a symbolic link to a file outside {runs_dir}")
             continue
         try:
-            with np.load(path) as npz:
-                found[path.stem] = {k: np.asarray(npz[k]) for k in _NEIGHBOUR_KEYS}
+            with np.load(path, allow_pickle=False) as npz:
+                arrays = {k: np.asarray(npz[k]) for k in _NEIGHBOUR_KEYS}
+                stored = str(npz["dataset_fingerprint"]) if "dataset_fingerprint" in npz \
+                    else None
         except (OSError, ValueError, KeyError) as e:
             notes.append(f"unreadable {path.name}: {e}")
+            continue
+        split, _, tail = path.stem.rpartition(".")
+        named = re.fullmatch(r"[0-9a-f]{16}", tail) is not None
+        found[(tail if named else stored, split if named else path.stem)] = arrays
     return found, notes
+
+
+def neighbours_of(neighbours: Mapping, fingerprint: str | None) -> dict[str, Mapping]:
+    """The neighbours of one dataset, by split (files without a fingerprint count for any)."""
+    return {split: arrays for (fp, split), arrays in neighbours.items()
+            if fp is None or fingerprint is None or fp == fingerprint}
 
 
 # ---------------------------------------------------------------- rate decomposition (Fig. 8)
@@ -160,18 +179,20 @@ def _hard_distance(nb: Mapping[str, np.ndarray]) -> float:
 
 # ---------------------------------------------------------------- reconstructions
 def _to_float_image(image: np.ndarray) -> np.ndarray:
-    return np.asarray(image, dtype=np.float32) / 255.0  # (32, 32, 3) in [0, 1]
+    return np.asarray(image, dtype=np.float32) / 255.0  # (H, W, C) in [0, 1]
 
 
 def reconstruct(model: object, image: np.ndarray) -> np.ndarray:
-    """Decoder mean at the posterior mean: sigmoid(decode(mu(x))), as (32, 32, 3) in [0, 1]."""
+    """The decoder's mean at the posterior mean (the model's likelihood: σ(decode(μ(x))) for
+    the Bernoulli and the Gaussian alike), as (H, W, C) in [0, 1]."""
     import torch
 
-    x = torch.from_numpy(_to_float_image(image)).permute(2, 0, 1)[None]  # (1, 3, 32, 32)
+    from imagesets.tensor import as_image, model_input
+
     with torch.no_grad():
-        mu = model.encode(x)[0]
-        probs = torch.sigmoid(model.decode(mu))  # (1, 3, 32, 32)
-    return probs[0].permute(1, 2, 0).clamp(0, 1).cpu().numpy()
+        mu = model.encode(model_input(image[None]))[0]
+        mean = model.likelihood.mean(model.decode(mu))  # (1, C, H, W)
+    return as_image(mean[0])
 
 
 def reconstruction_runs(runs: pd.DataFrame, split: str, architecture: str) -> pd.DataFrame:
@@ -188,9 +209,10 @@ def plot_reconstructions(runs: pd.DataFrame, split: str, architecture: str,
                          load_model: Callable[[Path], object] | None, runs_dir: Path,
                          stem: Path) -> FigureResult:
     """Fig. 3 (top): the hard test example, its nearest training image, and one model's
-    reconstruction per β (decoder mean at the posterior mean)."""
+    reconstruction per β (decoder mean at the posterior mean). ``neighbours``: the dataset's,
+    by split (:func:`neighbours_of`)."""
     if split not in neighbours:
-        return Skipped(f"no neighbours/{split}.npz")
+        return Skipped(f"no nearest-neighbour file for {split} (run `rdbench evaluate`)")
     if images is None or load_model is None:
         return Skipped("dataset or model loader unavailable (see the note above)")
     chosen = reconstruction_runs(runs, split, architecture)
@@ -226,7 +248,7 @@ def _image_row(panels: list[tuple[str, np.ndarray | str]], title: str) -> plt.Fi
     fig, axes = figure(1, len(panels), width=1.15, height=1.55)
     for ax, (label, image) in zip(axes[0], panels, strict=True):
         if isinstance(image, np.ndarray):
-            ax.imshow(image, interpolation="nearest")
+            show_image(ax, image)
         else:  # a note in place of the image, same frame size
             ax.imshow(np.ones((32, 32, 3)), interpolation="nearest")
             ax.text(15.5, 15.5, image, ha="center", va="center", fontsize=5.5, color="0.3")
@@ -243,20 +265,17 @@ def _image_row(panels: list[tuple[str, np.ndarray | str]], title: str) -> plt.Fi
 
 
 # ---------------------------------------------------------------- dataset (Fig. 1, 2)
-def _tetrominoes_figures() -> object:
-    from tetrominoes import figures  # the dataset owner's drawing code
-
-    return figures
-
-
 def plot_dataset_samples(data: object, stem: Path) -> FigureResult:
-    """Fig. 1 via ``tetrominoes.figures.plot_samples`` (PNG and PDF)."""
-    return _delegate(lambda f, path: f.plot_samples(data, path), stem)
+    """Fig. 1: a grid of the dataset's images (PNG and PDF)."""
+    return _both(lambda path: dataset_figures.plot_samples(data, path), stem)
 
 
 def plot_split_picture(data: object, split: str, stem: Path) -> FigureResult:
-    """Fig. 2 via ``tetrominoes.figures.plot_split`` (PNG and PDF)."""
-    return _delegate(lambda f, path: f.plot_split(data, split, path), stem)
+    """Fig. 2 for one split, where the dataset has two non-categorical factors."""
+    note = dataset_figures.split_picture_note(data)
+    if note:
+        return Skipped(note)
+    return _both(lambda path: dataset_figures.plot_split(data, split, path), stem)
 
 
 PAPER_SPLITS = ("random", "checkerboard", "cd-16384", "cv-16384")
@@ -265,17 +284,14 @@ PAPER_SPLITS = ("random", "checkerboard", "cd-16384", "cv-16384")
 def plot_paper_splits(data: object, stem: Path) -> FigureResult:
     """Fig. 2 as in the paper: random, checkerboard, CD 16k and CV 16k side by side."""
     names = [s for s in PAPER_SPLITS if s in getattr(data, "split_names", ())]
-    if len(names) < 2:
-        return Skipped("the dataset lacks the paper's splits")
-    return _delegate(lambda f, path: f.plot_split(data, names, path), stem)
+    note = dataset_figures.split_picture_note(data)
+    if note or len(names) < 2:
+        return Skipped(note or "the dataset lacks the paper's splits")
+    return _both(lambda path: dataset_figures.plot_split(data, names, path), stem)
 
 
-def _delegate(draw: Callable[[object, Path], object], stem: Path) -> FigureResult:
-    try:
-        module = _tetrominoes_figures()
-        paths = [stem.with_name(f"{safe_name(stem.name)}{ext}") for ext in (".png", ".pdf")]
-        for path in paths:
-            draw(module, path)
-    except Exception as e:  # broad on purpose: dataset figures are optional
-        return Skipped(f"tetrominoes figures unavailable ({type(e).__name__}: {e})")
+def _both(draw: Callable[[Path], object], stem: Path) -> FigureResult:
+    paths = [stem.with_name(f"{safe_name(stem.name)}{ext}") for ext in (".png", ".pdf")]
+    for path in paths:
+        draw(path)
     return paths

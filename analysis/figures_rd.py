@@ -67,22 +67,41 @@ def main_objective(summary: pd.DataFrame) -> str:
 
 
 def _main(summary: pd.DataFrame) -> pd.DataFrame:
-    """Rows of the main objective with no options (plain β-VAE curves); when every row of
-    it has some (only block-diagonal runs, or two learning rates), its most common variant."""
+    """Rows of the main objective with no options (plain β-VAE curves); for a split and
+    architecture whose every row has some (only block-diagonal runs, two learning rates, an
+    architecture's own options), its most common variant."""
     rows = summary[summary["objective"] == main_objective(summary)]
     options = option_columns_of_summary(summary)
-    plain = rows[rows[options].isna().all(axis=1)] if options else rows
-    if not plain.empty or rows.empty:
-        return plain
-    labels = [tuple(None if pd.isna(v) else v for v in r)
-              for r in rows[options].itertuples(index=False)]
-    common = Counter(labels).most_common(1)[0][0]  # ties: the first in the summary's order
-    return rows[[label == common for label in labels]]
+    if not options or rows.empty:
+        return rows
+    kept = []
+    for _, group in rows.groupby(["split", "architecture"], sort=False):
+        plain = group[group[options].isna().all(axis=1)]
+        if not plain.empty:
+            kept.append(plain)
+            continue
+        labels = [tuple(None if pd.isna(v) else v for v in r)
+                  for r in group[options].itertuples(index=False)]
+        common = Counter(labels).most_common(1)[0][0]  # ties: the first in the summary's order
+        kept.append(group[[label == common for label in labels]])
+    return pd.concat(kept).loc[lambda t: t.index.isin(rows.index)].sort_index()
 
 
 def arch_order(architectures: object) -> list[str]:
-    """MLPs before CNNs, shallow before deep: mlp1, mlp3, cnn1, cnn3."""
-    return sorted(set(architectures), key=lambda a: (a.startswith("cnn"), a))
+    """The registry's order (MLPs, CNNs, Kumar & Poole's), then user models by name."""
+    from benchmark.architectures import registry
+
+    order = {name: i for i, name in enumerate(registry())}
+    return sorted(set(architectures), key=lambda a: (order.get(a, len(order)), a))
+
+
+def _family(arch: str) -> str:
+    from benchmark.models import architecture_family
+
+    try:
+        return architecture_family(arch)[0]
+    except Exception:  # an architecture no longer known: its own family
+        return arch
 
 
 def split_label(summary: pd.DataFrame, split: str) -> str:
@@ -297,21 +316,18 @@ def plot_rd_splits(summary: pd.DataFrame, stem: Path) -> FigureResult:
     return save(fig, stem)
 
 
-def _is_kind(arch: str, kind: str) -> bool:
-    return arch.startswith(kind)
-
-
 @styled
 def plot_rd_mlp_vs_cnn(summary: pd.DataFrame, stem: Path) -> FigureResult:
     """Fig. 6: MLP vs CNN on one split (``cv-16384`` when it has both); train and test."""
     main = _main(summary)
     both = [s for s in sorted(main["split"].unique())
-            if {k for a in main.loc[main["split"] == s, "architecture"]
-                for k in ("mlp", "cnn") if _is_kind(a, k)} == {"mlp", "cnn"}]
+            if {"mlp", "cnn"} <= {_family(a) for a in main.loc[main["split"] == s,
+                                                             "architecture"]}]
     if not both:
         return Skipped("needs MLP and CNN runs on the same split")
     split = "cv-16384" if "cv-16384" in both else both[0]
-    rows = main[main["split"] == split]
+    rows = main[(main["split"] == split)
+                & main["architecture"].map(_family).isin(("mlp", "cnn"))]
     archs = arch_order(rows["architecture"])
     fig, axes = figure(1, 2, width=3.6, height=3.2)
     for i, arch in enumerate(archs):
@@ -366,3 +382,39 @@ def _variant_handle(rows: pd.DataFrame, cols: list[str], k: int, label: str) -> 
     if np.isfinite(mine["rate_mean"]).any():
         return Line2D([], [], color=color(k), marker=MARKERS[k % 8], label=label)
     return Line2D([], [], color=color(k), linestyle=":", label=f"{label} (R = ∞, mean over β)")
+
+
+@styled
+def plot_rd_datasets(summary: pd.DataFrame, stem: Path) -> FigureResult:
+    """Bozkurt et al.'s Fig. 7: test RD curves, a panel per dataset, one curve per
+    architecture (1-layer vs 3-layer networks), each on its split."""
+    if "dataset" not in summary.columns:
+        return Skipped("the runs are on one dataset (Fig. 7 compares several)")
+    datasets = sorted(summary["dataset"].dropna().unique())
+    per_dataset = {}
+    for dataset in datasets:  # each dataset's own main curves (its variants are its own)
+        own = summary[summary["dataset"] == dataset].drop(
+            columns=[c for c in ("dataset", "dataset_fingerprint") if c in summary.columns])
+        main = _main(own)
+        per_dataset[dataset] = main[main["set"] == "test"]
+    archs = arch_order(pd.concat(per_dataset.values())["architecture"])
+    ncols = min(4, len(datasets))
+    fig, axes = figure(-(-len(datasets) // ncols), ncols, width=3.3, height=3.1)
+    for ax in list(axes.flat)[len(datasets):]:
+        ax.set_visible(False)
+    for ax, dataset in zip(axes.flat, datasets, strict=False):
+        rows = per_dataset[dataset]
+        for i, arch in enumerate(archs):
+            for split in sorted(rows["split"].unique()):
+                draw_rd_curve(ax, rows[(rows["architecture"] == arch) & (rows["split"] == split)],
+                              colour=color(i), marker=MARKERS[i % 8], label=None)
+        splits = ", ".join(split_label(rows, s) for s in sorted(rows["split"].unique()))
+        ax.set_title(f"{dataset} · {splits}", fontsize=8)
+    handles = [Line2D([], [], color=color(i), marker=MARKERS[i % 8], label=a)
+               for i, a in enumerate(archs)]
+    used = list(axes.flat)[:len(datasets)]
+    _label_axes(used)
+    _freeze_limits(used, share=False)
+    finish(fig, handles + _marker_legend(), "Test RD curves across datasets (Bozkurt et al. "
+           "Fig. 7)")
+    return save(fig, stem)

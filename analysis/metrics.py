@@ -17,14 +17,15 @@ it (``n`` = examples used, ``set_size`` = the whole set). The minibatch estimato
 N = ``set_size`` in its weights, so q(z) is still the whole set's aggregate posterior and Î
 saturates at log ``set_size`` (the exact estimator needs the whole set).
 
-The runs of a group share (dataset, split, architecture, objective, options): their weights
-are stacked (``torch.func.stack_module_state``) and encode/decode run as one ``vmap`` over
-the models, data in chunks of ``batch_size`` on the device. Noise is drawn per run from its
-own seeded generator, so a run's metrics do not depend on its group; it is drawn in fixed
-blocks of rows (D) or per sample index (log p(x)), so they do not depend on ``batch_size``
-either. Memory is flat in the set's size: the per-set outputs (M, N, d) are allocated once
-and filled in place, and images are read from the (memory-mapped) dataset a chunk of rows at
-a time.
+The runs of a group share their dataset, split and model structure: they are stacked on the
+engine training uses (``benchmark.ensemble.ModelStack``) and encode/decode run as one
+``vmap`` over the models (model after model for convolutions on a CPU), data in chunks of
+``batch_size`` on the device; D is each model's own likelihood's −log p(x|z). Noise is drawn
+per run from its own seeded generator, so a run's metrics do not depend on its group; it is
+drawn in fixed blocks of rows (D) or per sample index (log p(x)), so they do not depend on
+``batch_size`` either. Memory is flat in the set's size: the per-set outputs (M, N, d) are
+allocated once and filled in place, and images are read from the (memory-mapped) dataset a
+chunk of rows at a time.
 
 The posterior of a model is read through its objective (:func:`posterior`): mean-field
 ``(mu, logvar)`` from ``model.encode`` unless ``benchmark.implicit.POSTERIORS`` or
@@ -43,11 +44,11 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call, stack_module_state, vmap
 from tqdm import tqdm
 
 from analysis import estimators as est
 from analysis.tables import ESTIMATOR_SETTINGS
+from imagesets.tensor import channels_first, model_input, to_float
 from rdbench.io import InputError
 from rdbench.seeding import derive_seed
 
@@ -96,7 +97,7 @@ def posterior_registry() -> dict[str, Callable]:
 
 
 def posterior(run_config: dict, model: nn.Module, x: Tensor) -> Posterior:
-    """q(z|x) of a model as its objective defines it: x (B,3,32,32) -> (mu, logvar, scale_tril)."""
+    """q(z|x) of a model as its objective defines it: x (B, C, H, W) -> (mu, logvar, scale_tril)."""
     fn = posterior_registry().get(run_config["objective"])
     if fn is None:
         mu, logvar = model.encode(x)
@@ -108,57 +109,65 @@ def posterior(run_config: dict, model: nn.Module, x: Tensor) -> Posterior:
     return (out[0], None, out[1]) if len(out) == 2 else tuple(out)
 
 
-class _Method(nn.Module):
-    """``forward`` = ``module.<method>`` so functional_call can swap stacked weights in."""
-
-    def __init__(self, module: nn.Module, method: str):
-        super().__init__()
-        self.m, self.method = module, method
-
-    def forward(self, arg: Tensor) -> Any:
-        return getattr(self.m, self.method)(arg)
-
-
 class ModelGroup:
-    """The models of one group: vmapped encode/decode over stacked weights (M models)."""
+    """The models of one group (one structure) on the engine training uses
+    (:class:`benchmark.ensemble.ModelStack`): posteriors and the likelihood's −log p(x|z)
+    for all M models at once (vmapped, or model after model for convolutions on a CPU)."""
 
     def __init__(self, models: list[nn.Module], configs: list[dict]):
+        from benchmark.ensemble import ModelStack
+        from benchmark.models import has_convolutions
+
         self.configs, self.models = configs, models
-        params, buffers = stack_module_state(models)
-        self.state = {f"m.{k}": v for k, v in {**params, **buffers}.items()}
-        base = copy.deepcopy(models[0]).to("meta")
-        self._encode, self._decode = _Method(base, "encode"), _Method(base, "decode")
-        self.custom = configs[0]["objective"] in posterior_registry()
+        self.device = next(models[0].parameters()).device
+        meta = copy.deepcopy(models[0]).to("meta").eval()
+        self.stack = ModelStack(meta, [m.state_dict() for m in models], self.device,
+                                loop=self.device.type == "cpu" and has_convolutions(meta),
+                                vmap_one=True)
+        self.betas = torch.tensor([float(c["beta"]) for c in configs], device=self.device)
+        self.objective = configs[0]["objective"]
+        self.options = configs[0].get("objective_options", {})
+        self.latent_dim = models[0].latent_dim
 
     @classmethod
-    def load(cls, run_dirs: list[Path], configs: list[dict], device: torch.device) -> ModelGroup:
+    def load(cls, run_dirs: list[Path], configs: list[dict], device: torch.device,
+             checkpoint: str = "final") -> ModelGroup:
         from benchmark.runs import load_model
 
-        return cls([load_model(d, device=device) for d in run_dirs], configs)
+        return cls([load_model(d, device=device, checkpoint=checkpoint) for d in run_dirs],
+                   configs)
 
     def posterior(self, x: Tensor) -> Posterior:
-        """x (C, 3, 32, 32) -> mu (M, C, d), logvar (M, C, d) | None, scale_tril | None."""
-        if self.custom:  # implied posteriors need Jacobians: one model at a time
-            outs = [posterior(c, m, x) for c, m in zip(self.configs, self.models, strict=True)]
-            return tuple(None if o[0] is None else torch.stack(o) for o in zip(*outs, strict=True))
-        mu, logvar = vmap(lambda p, a: functional_call(self._encode, p, (a,)),
-                          in_dims=(0, None))(self.state, x)
-        return mu, logvar, None
+        """x (C, ...) -> mu (M, C, d), logvar (M, C, d) | None, scale_tril (M, C, d, d) | None."""
+        template = {"objective": self.objective, "objective_options": self.options}
 
-    def decode(self, z: Tensor) -> Tensor:
-        """z (M, C, d) -> logits (M, C, 3, 32, 32)."""
-        return vmap(lambda p, a: functional_call(self._decode, p, (a,)))(self.state, z)
+        def one(model: nn.Module, images: Tensor, beta: Tensor) -> dict[str, Tensor]:
+            mu, logvar, tril = posterior({**template, "beta": beta}, model, images)
+            return {k: v for k, v in (("mu", mu), ("logvar", logvar), ("tril", tril))
+                    if v is not None}
+
+        out = self.stack.map(one, x, self.betas, in_dims=(None, 0))
+        return out["mu"], out.get("logvar"), out.get("tril")
+
+    def distortion(self, z: Tensor, x: Tensor) -> Tensor:
+        """−log p(x|z) of each model, its own likelihood: z (M, C, d), x (C, ...) -> (M, C)."""
+        def one(model: nn.Module, latents: Tensor, images: Tensor) -> Tensor:
+            return model.likelihood.nll(model.decode(latents), images)
+
+        return self.stack.map(one, z, x, in_dims=(0, None))
 
 
 # --- evaluation --------------------------------------------------------------------------
 
 def evaluate_group(members: list[tuple[Path, dict]], data: Any, settings: EvalSettings,
-                   device: torch.device) -> list[dict]:
-    """metrics.json contents for every run of one group (same split and architecture)."""
+                   device: torch.device, checkpoint: str = "final") -> list[dict]:
+    """metrics.json contents for every run of one group (one split, one model structure),
+    at ``checkpoint`` (``final``: model.pt, ``best``: model_best.pt)."""
     configs = [c for _, c in members]
-    group = ModelGroup.load([d for d, _ in members], configs, device)
+    group = ModelGroup.load([d for d, _ in members], configs, device, checkpoint)
     split = data.split(configs[0]["split"])
-    out: list[dict] = [{"settings": settings.to_json()} for _ in members]
+    out: list[dict] = [{"settings": settings.to_json(), "checkpoint": checkpoint}
+                       for _ in members]
     for name, rows in zip(SETS, split, strict=True):
         for m, metrics in enumerate(evaluate_set(group, data.images, rows, name, settings)):
             out[m][name] = metrics
@@ -173,10 +182,10 @@ def evaluate_set(group: ModelGroup, images: np.ndarray, rows: np.ndarray, set_na
     ids = [c["run_id"] for c in group.configs]
     enc = encode_set(group, images, rows, [_generator(i, set_name, "z") for i in ids], settings)
     subset = _subset(len(rows), settings.iwae_subset, (split, set_name))
-    x_sub = _RowImages(images, rows[subset], _device(group))  # read a chunk at a time
+    x_sub = _RowImages(images, rows[subset], group.device)  # read a chunk at a time
     results = []
     for m, run_id in enumerate(ids):
-        post = tuple(None if t is None else t[m].to(_device(group)) for t in enc["posterior"])
+        post = tuple(None if t is None else t[m].to(group.device) for t in enc["posterior"])
         decomposition = est.rate_decomposition(
             *post[:2], scale_tril=post[2], batch_size=settings.mi_batch,
             generator=_generator(run_id, set_name, "mi"), dataset_size=set_size)
@@ -204,7 +213,7 @@ def encode_set(group: ModelGroup, images: np.ndarray, rows: np.ndarray,
     generator into one buffer, block after block, and chunks never straddle two blocks, so
     every row gets the same noise whatever ``--batch-size``.
     """
-    n, d = len(rows), group.models[0].latent_dim
+    n, d = len(rows), group.latent_dim
     noise = torch.empty(len(generators), min(n, NOISE_BLOCK), d)  # (M, block, d)
     out: dict[str, Tensor | None] = {}
     with torch.no_grad():
@@ -214,7 +223,7 @@ def encode_set(group: ModelGroup, images: np.ndarray, rows: np.ndarray,
                 torch.randn((size, d), generator=g, out=noise[m, :size])
             for start in range(block, block + size, settings.batch_size):
                 stop = min(start + settings.batch_size, block + size)
-                x = _as_float(images[rows[start:stop]], _device(group))
+                x = model_input(images[rows[start:stop]], group.device)
                 _encode_chunk(group, x, noise[:, start - block:stop - block], out, start, n)
     return {"distortion": out["distortion"], "rate": out["rate"],
             "posterior": (out["mu"], out["logvar"], out["tril"])}
@@ -222,16 +231,13 @@ def encode_set(group: ModelGroup, images: np.ndarray, rows: np.ndarray,
 
 def _encode_chunk(group: ModelGroup, x: Tensor, noise: Tensor, out: dict[str, Tensor | None],
                   start: int, n: int) -> None:
-    """Encode, sample, decode one chunk x (C, 3, 32, 32) and write rows [start, start + C)
+    """Encode, sample, decode one chunk x (C, ...) and write rows [start, start + C)
     of the outputs (allocated at the first chunk: (M, n, ...) float32 on the CPU)."""
     mu, logvar, tril = group.posterior(x)  # (M, C, d) ...
-    eps = noise.to(mu.device, mu.dtype)  # (M, C, d)
-    z = (mu + (0.5 * logvar).exp() * eps if tril is None
-         else mu + (tril @ eps.unsqueeze(-1)).squeeze(-1))
-    logits = group.decode(z).float()  # (M, C, 3, 32, 32)
+    z = est.reparameterise(noise.to(mu.device, mu.dtype), mu, logvar, tril)  # (M, C, d)
     rate = (est.gaussian_kl_to_standard(mu, logvar) if tril is None
             else est.kl_tril_to_standard(mu, tril))
-    values = {"distortion": _bernoulli_nll(logits, x), "rate": rate, "mu": mu,
+    values = {"distortion": group.distortion(z, x).float(), "rate": rate, "mu": mu,
               "logvar": logvar, "tril": tril}
     if not out:
         out.update({k: None if v is None else torch.empty(v.shape[0], n, *v.shape[2:])
@@ -242,8 +248,8 @@ def _encode_chunk(group: ModelGroup, x: Tensor, noise: Tensor, out: dict[str, Te
 
 
 class _RowImages:
-    """``images[rows]`` as uint8 (C, 3, 32, 32) tensors on ``device``, read only for the
-    positions sliced: fancy indexing a memmap copies, so the whole subset never is."""
+    """``images[rows]`` as uint8 (C, channels, H, W) tensors on ``device``, read only for
+    the positions sliced: fancy indexing a memmap copies, so the whole subset never is."""
 
     def __init__(self, images: np.ndarray, rows: np.ndarray, device: torch.device):
         self.images, self.rows, self.device = images, rows, device
@@ -252,19 +258,20 @@ class _RowImages:
         return len(self.rows)
 
     def __getitem__(self, positions: slice) -> Tensor:
-        return _as_uint8(self.images[self.rows[positions]], self.device)
+        return channels_first(self.images[self.rows[positions]], self.device)
 
 
 def _log_px(group: ModelGroup, m: int, x: _RowImages, post: tuple, subset: np.ndarray,
             settings: EvalSettings, generator: torch.Generator) -> float:
     """Mean importance-sampled log p(x) of model m on the subset (its stored posteriors)."""
-    device, model = _device(group), group.models[m]
+    device, model = group.device, group.models[m]
     index = torch.from_numpy(subset).to(device)
     mu, logvar, tril = (None if t is None else t[index] for t in post)
 
     def log_likelihood(xc: Tensor, z: Tensor) -> Tensor:  # xc (b, ...) uint8, z (k, b, d)
-        logits = model.decode(z.reshape(-1, z.shape[-1]).float()).float()
-        return -_bernoulli_nll(logits.reshape(*z.shape[:2], *xc.shape[1:]), xc / 255.0)
+        out = model.decode(z.reshape(-1, z.shape[-1]).float())  # (k·b, ...)
+        out = out.reshape(*z.shape[:2], *xc.shape[1:])  # (k, b, ...)
+        return -model.likelihood.nll(out, to_float(xc), event_dims=xc.dim() - 1)
 
     with torch.no_grad():
         values = est.importance_log_px(x, mu, logvar, log_likelihood, scale_tril=tril,
@@ -274,16 +281,11 @@ def _log_px(group: ModelGroup, m: int, x: _RowImages, post: tuple, subset: np.nd
     return values.mean().item()
 
 
-def _bernoulli_nll(logits: Tensor, x: Tensor) -> Tensor:
-    """−log p(x|logits) = Σ softplus(l) − x·l over the 3·32·32 values: (..., 3, 32, 32) -> (...)."""
-    return (nn.functional.softplus(logits) - x * logits).flatten(-3).sum(-1)
-
-
 # --- nearest neighbours ------------------------------------------------------------------
 
 def neighbour_arrays(data: Any, split_name: str, settings: EvalSettings,
                      device: torch.device) -> dict[str, np.ndarray]:
-    """``neighbours/<split>.npz`` (DESIGN.md): test, distance, nearest, hard, and the
+    """``neighbours/<split>.<fingerprint>.npz`` (DESIGN.md): test, distance, nearest, hard, the
     ``nn_subset`` and ``dataset_fingerprint`` they were made with. Both sets are read from
     the dataset ``NN_CHUNK`` rows at a time, never copied whole."""
     train, test = data.split(split_name)
@@ -313,17 +315,3 @@ def _subset(n: int, size: int, key: tuple) -> np.ndarray:
     if size == 0 or size >= n:
         return np.arange(n)
     return np.sort(np.random.default_rng(derive_seed(*key)).choice(n, size=size, replace=False))
-
-
-def _as_uint8(images: np.ndarray, device: torch.device) -> Tensor:
-    """uint8 (C, 32, 32, 3) -> uint8 (C, 3, 32, 32) on ``device``."""
-    return torch.from_numpy(np.ascontiguousarray(images)).to(device).permute(0, 3, 1, 2)
-
-
-def _as_float(images: np.ndarray, device: torch.device) -> Tensor:
-    """uint8 (C, 32, 32, 3) -> float (C, 3, 32, 32) in [0, 1] on ``device``."""
-    return _as_uint8(images, device) / 255.0
-
-
-def _device(group: ModelGroup) -> torch.device:
-    return next(group.models[0].parameters()).device

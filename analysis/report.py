@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,7 @@ from analysis.plot_style import FigureResult, Skipped, safe_name
 from analysis.tables import (
     collect_runs,
     display_table,
+    evaluated,
     summarise,
     to_latex,
     to_markdown,
@@ -56,20 +58,41 @@ def build_report(runs_dir: str | Path, out_dir: str | Path | None = None,
     evaluated run, or when ``out_dir`` is (or contains) RUNS_DIR, or is a non-empty directory
     other than an earlier report (which ``force`` replaces).
     """
+    from analysis.curves import collect_histories, stopping_table
+
     runs_dir = Path(runs_dir).expanduser().resolve()
     out = Path(out_dir).expanduser().resolve() if out_dir else runs_dir / "report"
     runs = collect_runs(runs_dir)
     check_output_dir(out, force, kind="report", inputs=[runs_dir])
     summary = summarise(runs)
+    best_runs = collect_runs(runs_dir, checkpoint="best")
+    best = summarise(best_runs) if not evaluated(best_runs).empty else best_runs
+    histories, stopping = collect_histories(runs, runs_dir), stopping_table(runs, runs_dir)
     with staged_directory(out, force, kind="report") as tmp:
         _write_tables(runs, summary, tmp)
+        _write_training_tables(best_runs, best, histories, stopping, tmp)
         blocks = _overview(runs, summary)
         blocks += _figure_blocks(runs, summary, runs_dir, tmp / "figures")
+        blocks += _training_blocks(summary, best, histories, stopping, tmp / "figures")
+        blocks += _kp_blocks(runs_dir, tmp / "figures")
         blocks += [Heading("Summary table"), Paragraph(_SUMMARY_NOTE),
                    Table(display_table(summary))]
         atomic_write_text(tmp / "report.md", to_markdown_page(TITLE, blocks, tmp))
         atomic_write_text(tmp / "index.html", to_html_page(TITLE, blocks))
     return out
+
+
+def _write_training_tables(best_runs: pd.DataFrame, best: pd.DataFrame,
+                           histories: pd.DataFrame, stopping: pd.DataFrame, out: Path) -> None:
+    """history.csv (every run's training curve), and with validation sets stopping.csv and
+    the best checkpoints' runs_best.csv / summary_best.csv."""
+    if not histories.empty:
+        atomic_write_text(out / "history.csv", histories.to_csv(index=False))
+    if not stopping.empty:
+        atomic_write_text(out / "stopping.csv", stopping.to_csv(index=False))
+    if not evaluated(best_runs).empty:
+        atomic_write_text(out / "runs_best.csv", best_runs.to_csv(index=False))
+        atomic_write_text(out / "summary_best.csv", best.to_csv(index=False))
 
 
 _SUMMARY_NOTE = ("Mean ± sample standard deviation over seeds (nats per example; ELBO and "
@@ -120,12 +143,90 @@ def _draw(name: str, caption: str, draw: Callable[[Path], FigureResult], out: Pa
 
 def _figure_blocks(runs: pd.DataFrame, summary: pd.DataFrame, runs_dir: Path,
                    out: Path) -> list[Block]:
+    """The figures of every dataset of the runs (a section each when there are several),
+    then Bozkurt et al.'s Fig. 7 across them."""
     neighbours, notes = figures.load_neighbours(runs_dir)
     for note in notes:
         print(f"rdbench report: warning: neighbours: {note}", file=sys.stderr)
-    data, images, loader, data_note = _dataset_and_models(runs_dir)
+    views = _dataset_views(runs_dir, summary)
+    blocks: list[Block] = [Paragraph(f"Note: {n}") for n in notes]
+    for view in views:
+        if len(views) > 1:
+            blocks.append(Heading(f"Dataset {view.name}"))
+        blocks += _dataset_section(view, _of(runs, view), _of(summary, view), runs_dir,
+                                   figures.neighbours_of(neighbours, view.fingerprint),
+                                   out, suffix=f"_{view.name}" if len(views) > 1 else "")
+    if len(views) > 1:
+        blocks += [Heading("Across datasets (Bozkurt et al. Fig. 7)"),
+                   _draw("rd_datasets", _DATASETS,
+                         lambda s: figures.plot_rd_datasets(summary, s), out)]
+    return blocks
+
+
+@dataclass
+class _DatasetView:
+    """One dataset of the runs: its label, fingerprint, and what the figures need of it."""
+
+    name: str
+    fingerprint: str | None
+    data: object = None
+    note: str | None = None
+
+
+def _dataset_views(runs_dir: Path, summary: pd.DataFrame) -> list[_DatasetView]:
+    """The datasets the runs were trained on, from their config.json (each loaded and
+    verified against the runs' fingerprint for the image figures; a note where it cannot
+    be)."""
+    from benchmark.runs import find_runs
+
+    seen: dict[str | None, tuple[str, str]] = {}
+    for run_dir in find_runs(runs_dir):
+        config = json_or_none(run_dir / "config.json")
+        if isinstance(config, dict) and isinstance(config.get("dataset"), str):
+            seen.setdefault(config.get("dataset_fingerprint"),
+                            (Path(config["dataset"]).name, config["dataset"]))
+    if not seen:
+        return [_DatasetView("dataset", None, note="no dataset path in the runs' config.json")]
+    names = [name for name, _ in seen.values()]
+    views = []
+    for fingerprint, (name, path) in sorted(seen.items(), key=lambda kv: kv[1]):
+        label = name if names.count(name) == 1 else f"{name}-{(fingerprint or '?')[:6]}"
+        data, note = _load_checked(path, fingerprint)
+        views.append(_DatasetView(label, fingerprint, data, note))
+    return views
+
+
+def _of(table: pd.DataFrame, view: _DatasetView) -> pd.DataFrame:
+    """The rows of ``table`` on ``view``'s dataset, without the columns that tell datasets
+    apart (the same on every row left)."""
+    if "dataset_fingerprint" in table.columns and view.fingerprint is not None:
+        table = table[table["dataset_fingerprint"] == view.fingerprint]
+    elif "dataset" in table.columns:
+        table = table[table["dataset"] == view.name]
+    return table.drop(columns=[c for c in ("dataset", "dataset_fingerprint")
+                               if c in table.columns])
+
+
+def _load_checked(path: str, fingerprint: str | None) -> tuple[object, str | None]:
+    """(the dataset, None), or (None, why not): missing, damaged, or not the runs' data."""
+    try:
+        data = _load_dataset(path)
+    except (ImportError, AttributeError, InputError, OSError) as e:
+        return None, f"dataset {path} unavailable ({type(e).__name__}: {e})"
+    if fingerprint and getattr(data, "fingerprint", fingerprint) != fingerprint:
+        return None, (f"dataset {path} is not the one the runs were trained on (its "
+                      "fingerprint differs)")
+    return data, None
+
+
+def _dataset_section(view: _DatasetView, runs: pd.DataFrame, summary: pd.DataFrame,
+                     runs_dir: Path, neighbours: dict, out: Path, suffix: str) -> list[Block]:
+    """Fig. 1–6 and 8 of one dataset (``suffix`` in the figure names when there are several)."""
+    loader = _model_loader() if view.data is not None else None
+    images = getattr(view.data, "images", None)
     blocks: list[Block] = [Heading("Rate–distortion curves (paper Fig. 3)"), Paragraph(_RD)]
-    blocks += [Paragraph(f"Note: {n}") for n in notes + ([data_note] if data_note else [])]
+    if view.note:
+        blocks.append(Paragraph(f"Note: {view.note}"))
     for split, arch in tqdm(_pairs(summary), desc="report figures", disable=None):
         def recon(stem: Path, split: str = split, arch: str = arch) -> FigureResult:
             return figures.plot_reconstructions(runs, split, arch, neighbours, images, loader,
@@ -135,20 +236,72 @@ def _figure_blocks(runs: pd.DataFrame, summary: pd.DataFrame, runs_dir: Path,
             return figures.plot_rd(summary, split, arch, stem)
 
         blocks += [Heading(f"{split} · {arch}", level=3),
-                   _draw(f"reconstructions_{split}_{arch}", _RECON, recon, out),
-                   _draw(f"rd_{split}_{arch}", f"Train and test RD curves, {split} · {arch}.",
-                         rd, out)]
-    blocks += _comparison_blocks(summary, out)
+                   _draw(f"reconstructions_{split}_{arch}{suffix}", _RECON, recon, out),
+                   _draw(f"rd_{split}_{arch}{suffix}", f"Train and test RD curves, {split} · "
+                         f"{arch}.", rd, out)]
+    blocks += _comparison_blocks(summary, out, suffix)
     blocks.append(Heading("Rate decomposition (paper Fig. 8)"))
     for split, arch in _pairs(summary):
         def mi_kl(stem: Path, split: str = split, arch: str = arch) -> FigureResult:
             return figures.plot_mi_kl(summary, split, arch, stem)
 
-        blocks.append(_draw(f"mi_kl_{split}_{arch}", _MIKL, mi_kl, out))
+        blocks.append(_draw(f"mi_kl_{split}_{arch}{suffix}", _MIKL, mi_kl, out))
     blocks += [Heading("Split difficulty"),
-               _draw("nn_distances", _NN, lambda s: figures.plot_nn_distances(neighbours, s), out)]
-    blocks += _kp_blocks(runs_dir, out)
-    return blocks + _dataset_blocks(data, data_note, sorted(summary["split"].unique()), out)
+               _draw(f"nn_distances{suffix}", _NN,
+                     lambda s: figures.plot_nn_distances(neighbours, s), out)]
+    return blocks + _dataset_blocks(view, sorted(summary["split"].unique()), out, suffix)
+
+
+def _training_blocks(summary: pd.DataFrame, best: pd.DataFrame, histories: pd.DataFrame,
+                     stopping: pd.DataFrame, out: Path) -> list[Block]:
+    """Training curves per split × architecture × objective, and where runs had a validation
+    set the early-stopped RD curves beside the final ones with their stopping iterations."""
+    from analysis.curves import (
+        curve_groups,
+        curve_name,
+        plot_rd_early_stopping,
+        plot_training_curves,
+    )
+
+    blocks: list[Block] = []
+    if not best.empty and not evaluated(best).empty:
+        blocks += [Heading("Early stopping (Bozkurt et al., appendix)"), Paragraph(_EARLY)]
+        for split, arch in _pairs(best):
+            def early(stem: Path, split: str = split, arch: str = arch) -> FigureResult:
+                return plot_rd_early_stopping(summary, best, stopping, split, arch, stem)
+
+            blocks.append(_draw(f"rd_early_stopping_{split}_{arch}", _EARLY_FIG, early, out))
+        blocks.append(Table(_stopping_display(stopping)))
+    if histories.empty:
+        return blocks
+    blocks += [Heading("Training curves"), Paragraph(_CURVES)]
+    used: set[str] = set()
+    for key, rows in curve_groups(histories):
+        label = " · ".join(str(k) for k in key)
+        name = curve_name(key, rows, used)
+
+        def curves(stem: Path, rows: pd.DataFrame = rows, label: str = label) -> FigureResult:
+            return plot_training_curves(rows, f"Training curves · {label}", stem)
+
+        blocks.append(_draw(name, f"Objective, D and R against iteration, {label}.", curves,
+                            out))
+    return blocks
+
+
+def _stopping_display(stopping: pd.DataFrame) -> pd.DataFrame:
+    """Per split × architecture × objective × β: the mean iteration of the best validation
+    checkpoint (± std over seeds) and how many runs early stopping ended."""
+    keys = ["split", "architecture", "objective", "beta"]
+    grouped = stopping.groupby(keys, sort=True)
+    table = grouped.agg(best=("best_iteration", "mean"), std=("best_iteration", "std"),
+                        seeds=("seed", "nunique"),
+                        stopped=("stopped", lambda s: int(s.notna().sum()))).reset_index()
+    table["best checkpoint (iteration)"] = [
+        f"{m:,.0f}" + ("" if np.isnan(sd) else f" ± {sd:,.0f}")
+        for m, sd in zip(table["best"], table["std"], strict=True)]
+    table["beta"] = [f"{b:g}" for b in table["beta"]]
+    return table[[*keys, "best checkpoint (iteration)", "seeds", "stopped"]].rename(
+        columns={"stopped": "stopped early"})
 
 
 # (analysis, figure stem, caption): the figures `rdbench kp` writes into RUNS_DIR/kp/<analysis>
@@ -197,7 +350,7 @@ def _skip_outside(path: Path, runs_dir: Path) -> Skipped:
     return Skipped(f"skipped: {why}")
 
 
-def _comparison_blocks(summary: pd.DataFrame, out: Path) -> list[Block]:
+def _comparison_blocks(summary: pd.DataFrame, out: Path, suffix: str = "") -> list[Block]:
     """Fig. 4, 5, 6 and the objectives: one figure each, a note when their splits are absent."""
     specs = [("Training-set size (paper Fig. 4)", "rd_sizes", _SIZES, figures.plot_rd_sizes),
              ("CV 82k vs CV 16k vs checkerboard (paper Fig. 5)", "rd_cv82_cv16_checkerboard",
@@ -208,66 +361,37 @@ def _comparison_blocks(summary: pd.DataFrame, out: Path) -> list[Block]:
     blocks: list[Block] = []
     for heading, name, caption, plot in specs:
         blocks += [Heading(heading),
-                   _draw(name, caption, lambda s, plot=plot: plot(summary, s), out)]
+                   _draw(f"{name}{suffix}", caption, lambda s, plot=plot: plot(summary, s), out)]
     return blocks
 
 
-def _dataset_blocks(data: object, note: str | None, splits: list[str], out: Path) -> list[Block]:
+def _dataset_blocks(view: _DatasetView, splits: list[str], out: Path,
+                    suffix: str = "") -> list[Block]:
     blocks: list[Block] = [Heading("Dataset (paper Fig. 1, 2)")]
+    data = view.data
     if data is None:
-        return [*blocks, Paragraph(f"Dataset figures skipped: {note}")]
-    blocks += [_draw("dataset_samples", "Samples of the Tetrominoes dataset (paper Fig. 1).",
+        return [*blocks, Paragraph(f"Dataset figures skipped: {view.note}")]
+    kind = getattr(data, "kind", "the")
+    blocks += [_draw(f"dataset_samples{suffix}", f"Samples of the {kind} dataset (paper Fig. 1).",
                      lambda s: figures.plot_dataset_samples(data, s), out),
-               _draw("splits_paper", "The paper's four splits in two factors (paper Fig. 2).",
-                     lambda s: figures.plot_paper_splits(data, s), out)]
-    blocks += [_draw(f"split_{split}", f"The {split} split in two factors (train vs test).",
-                     lambda s, p=split: figures.plot_split_picture(data, p, s), out)
+               _draw(f"splits_paper{suffix}", "The paper's four splits in two factors (paper "
+                     "Fig. 2).", lambda s: figures.plot_paper_splits(data, s), out)]
+    blocks += [_draw(f"split_{split}{suffix}", f"The {split} split in two factors (train vs "
+                     "test).", lambda s, p=split: figures.plot_split_picture(data, p, s), out)
                for split in splits]
     return blocks
 
 
-def _dataset_path(runs_dir: Path) -> tuple[str, str | None] | None:
-    """(dataset path, its fingerprint) from the first readable config.json, else None."""
-    from benchmark.runs import find_runs
-
-    for run_dir in find_runs(runs_dir):
-        config = json_or_none(run_dir / "config.json")
-        if isinstance(config, dict) and isinstance(config.get("dataset"), str):
-            return config["dataset"], config.get("dataset_fingerprint")
-    return None
-
-
 def _load_dataset(path: str) -> object:
-    import tetrominoes
+    import imagesets
 
-    return tetrominoes.load(path)
+    return imagesets.load_verified(path)
 
 
 def _model_loader() -> Callable[[Path], object]:
     from benchmark.runs import load_model
 
     return load_model
-
-
-def _dataset_and_models(runs_dir: Path) -> tuple[object, np.ndarray | None,
-                                                  Callable[[Path], object] | None, str | None]:
-    """(dataset, its images, a model loader, a note); None where unavailable."""
-    found = _dataset_path(runs_dir)
-    if found is None:
-        return None, None, None, "no dataset path in the runs' config.json"
-    path, fingerprint = found
-    try:
-        data = _load_dataset(path)
-    except (ImportError, AttributeError, InputError, OSError) as e:
-        return None, None, None, f"dataset {path} unavailable ({type(e).__name__}: {e})"
-    if fingerprint and getattr(data, "fingerprint", fingerprint) != fingerprint:
-        return None, None, None, (f"dataset {path} is not the one the runs were trained on "
-                                  "(its fingerprint differs)")
-    try:
-        loader = _model_loader()
-    except (ImportError, AttributeError) as e:
-        return data, data.images, None, f"model loader unavailable ({e})"
-    return data, data.images, loader, None
 
 
 _RD = ("Train (left) and test (right) RD curves of the β-VAE: mean over seeds with ±1 std "
@@ -284,5 +408,17 @@ _OBJ = ("Objectives on the test RD plane per split and architecture (GRAE models
         "implied posterior; deterministic autoencoders as a dotted line at their distortion).")
 _MIKL = ("Rate decomposition R = Î(x;z) + KL(q(z)‖p(z)) against β, train dashed and test "
          "solid; Î is bounded by log N (dash-dot: N_train, dotted: N_test).")
+_DATASETS = ("Test RD curves of the β-VAE on each dataset's split, one curve per architecture "
+             "(1-layer vs 3-layer networks); β = 1 starred.")
+_EARLY = ("Every run with a validation set kept the weights of its lowest validation loss "
+          "(model_best.pt); `rdbench evaluate --checkpoint best` placed them on the RD plane. "
+          "Bozkurt et al. (appendix) report that with early stopping the 1-layer RD curve "
+          "becomes monotonic again.")
+_EARLY_FIG = ("Final weights (solid) and the best validation checkpoints (dashed), train and "
+              "test; each early-stopped point is labelled with β and the mean iteration of its "
+              "checkpoint over seeds.")
+_CURVES = ("Per β (colour), the training objective, distortion and rate against iteration: "
+           "the mean over seeds of each logging window, ±1 std shaded; dashed: the same on the "
+           "held-out validation set, where the runs had one.")
 _NN = ("ℓ₂ pixel distance from each evaluated test image to its nearest training image, per "
        "split; stars mark the hard example shown in the reconstructions.")

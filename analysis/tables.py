@@ -46,8 +46,12 @@ METRIC_LABELS = {
 }
 _DROPPED_OPTIONS = ("dataset_size",)
 # Fields of a run id besides the keys, seed and options: a column only where they differ.
-SETTINGS = ("iterations", "learning_rate", "batch_size", "latent_dim", "precision",
-            "dataset_fingerprint")
+SETTINGS = ("dataset", "iterations", "learning_rate", "batch_size", "latent_dim",
+            "likelihood", "decoder_std", "activation", "architecture_options", "validation",
+            "validate_every", "patience", "precision", "dataset_fingerprint", "split_sha256")
+# What those fields were before a grid could set them (runs of older versions).
+_SETTING_DEFAULTS = {"likelihood": "bernoulli"}
+METRICS_FILES = {"final": "metrics.json", "best": "metrics_best.json"}  # evaluate --checkpoint
 # The fields of metrics.json's "settings" that change the numbers (not --batch-size, which
 # provably does not): `rdbench evaluate` re-evaluates a run whose metrics have other values,
 # and runs evaluated with different values get a column each here, like SETTINGS.
@@ -61,14 +65,17 @@ def _run_dirs(runs_dir: Path) -> list[Path]:
     return find_runs(runs_dir)
 
 
-def _run_rows(run_dir: Path) -> list[dict]:
+def _run_rows(run_dir: Path, checkpoint: str = "final") -> list[dict]:
     config = json_or_none(run_dir / "config.json")
     status_doc = json_or_none(run_dir / "status.json")  # None: absent (not started)
     if status_doc is None or isinstance(status_doc, dict):
         status = str((status_doc or {}).get("status", "pending"))
     else:
         status = "corrupt_status"
-    metrics = json_or_none(run_dir / "metrics.json") if status == "done" else None
+    if checkpoint != "final" and not (run_dir / "model_best.pt").is_file():
+        return []  # trained without a validation set: no best checkpoint to show
+    metrics = (json_or_none(run_dir / METRICS_FILES[checkpoint]) if status == "done"
+               else None)
     if status == "done" and metrics is None:
         status = "not_evaluated"
     elif status == "done" and not isinstance(metrics, dict):
@@ -81,7 +88,9 @@ def _run_rows(run_dir: Path) -> list[dict]:
     options = {k: _scalar(v) for k, v in (config.get("objective_options") or {}).items()
                if k not in _DROPPED_OPTIONS
                and k not in RUN_COLUMNS + SETTINGS + ESTIMATOR_SETTINGS}
-    settings = {k: config.get(k) for k in SETTINGS}
+    settings = {k: _scalar(config.get(k, _SETTING_DEFAULTS.get(k))) for k in SETTINGS}
+    settings["dataset"] = Path(config["dataset"]).name if isinstance(config.get("dataset"),
+                                                                      str) else None
     estimator = _estimator_settings(metrics)
     rows = []
     for set_name in SETS:
@@ -128,10 +137,13 @@ def _as_float(value: object) -> float:
         return math.nan
 
 
-def collect_runs(runs_dir: str | Path) -> pd.DataFrame:
+def collect_runs(runs_dir: str | Path, checkpoint: str = "final") -> pd.DataFrame:
     """``runs.csv``: one row per run directory and set (``train``/``test``), sorted.
 
-    Raises :class:`InputError` when ``runs_dir`` is missing or holds no run at all.
+    ``checkpoint="best"``: the metrics of the runs' best validation checkpoints
+    (``metrics_best.json``; runs trained without a validation set have no rows) — the
+    report's early-stopped curves. Raises :class:`InputError` when ``runs_dir`` is missing
+    or holds no run at all.
     """
     runs_dir = Path(runs_dir)
     if not runs_dir.is_dir():
@@ -139,9 +151,12 @@ def collect_runs(runs_dir: str | Path) -> pd.DataFrame:
     dirs = _run_dirs(runs_dir)
     if not dirs:
         raise InputError(f"no runs (directories with config.json) in {runs_dir}")
-    df = pd.DataFrame([row for d in dirs for row in _run_rows(d)])
+    rows = [row for d in dirs for row in _run_rows(d, checkpoint)]
+    if not rows:
+        return pd.DataFrame(columns=list(RUN_COLUMNS))
+    df = pd.DataFrame(rows)
     varying = [*SETTINGS, *ESTIMATOR_SETTINGS]
-    df = df.drop(columns=[c for c in varying if df[c].nunique() <= 1])  # only where they differ
+    df = df.drop(columns=[c for c in varying if df[c].nunique(dropna=False) <= 1])  # if differ
     extra = sorted(c for c in df.columns if c not in RUN_COLUMNS)
     df = df[[*RUN_COLUMNS, *extra]]
     df["beta"] = df["beta"].astype(float)
@@ -158,7 +173,8 @@ def option_columns(df: pd.DataFrame) -> list[str]:
 
 def evaluated(df: pd.DataFrame) -> pd.DataFrame:
     """Rows of finished runs that have metrics."""
-    return df[(df["status"] == "done") & np.isfinite(df["distortion"])]
+    distortion = pd.to_numeric(df["distortion"], errors="coerce")  # (an empty table: object)
+    return df[(df["status"] == "done") & np.isfinite(distortion)]
 
 
 def summarise(df: pd.DataFrame) -> pd.DataFrame:

@@ -36,7 +36,7 @@ def rate_terms(mu: torch.Tensor, logvar: torch.Tensor, z: torch.Tensor,
 def _parts(model, x, noise, options) -> dict[str, torch.Tensor]:
     """Distortion, closed-form rate and the two rate terms of one batch, all (B,)."""
     mu, logvar = model.encode(x)  # (B, d), (B, d)
-    z = reparameterise(mu, logvar, noise["eps"])
+    z = reparameterise(noise["eps"], mu, logvar)
     distortion = model.likelihood.nll(model.decode(z), x)
     mu, logvar, z = upcast(mu), upcast(logvar), upcast(z)
     mi, marginal_kl = rate_terms(mu, logvar, z, _dataset_size(options, len(x)))

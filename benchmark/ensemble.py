@@ -54,13 +54,18 @@ class ModelStack:
     only its structure and train/eval mode are used), stacked on ``device``.
 
     ``loop``: run model after model (see the module docstring); ``trainable``: parameters
-    are leaves that require grad (linear weights of a vmapped group stored transposed).
+    are leaves that require grad (linear weights of a vmapped group stored transposed);
+    ``vmap_one``: vmap a group of one too, so that a model's outputs are bit for bit those it
+    has in any group (evaluation: metrics independent of the group; training skips vmap for
+    one model, which is faster).
     """
 
     def __init__(self, meta: nn.Module, states: Sequence[dict[str, torch.Tensor]],
-                 device: torch.device, *, loop: bool = False, trainable: bool = False):
+                 device: torch.device, *, loop: bool = False, trainable: bool = False,
+                 vmap_one: bool = False):
         self.n = len(states)
         self.loop = loop
+        self.vmap_one = vmap_one  # a group of one vmapped too: the same kernels as M > 1
         self.apply_module = _Apply(meta)
         names = {k for k, _ in meta.named_parameters()}
         self.transposed = _storage_layout(states[0], names, 1 if loop or not trainable
@@ -98,7 +103,7 @@ class ModelStack:
                     for r, leaves in enumerate(self.runs)]
             return torch.utils._pytree.tree_map(lambda *xs: torch.stack(xs), *outs)
         state = self.state()
-        if self.n == 1:  # no vmap: plain kernels, on views so gradients reach the stack
+        if self.n == 1 and not self.vmap_one:  # plain kernels, on views (gradients reach)
             one = {k: v[0] for k, v in state.items()}
             out = functional_call(self.apply_module, one, (fn, *_pick(args, in_dims, 0)))
             return torch.utils._pytree.tree_map(lambda x: x.unsqueeze(0), out)

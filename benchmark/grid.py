@@ -156,6 +156,16 @@ def _user_split_sha256(data: Any, split: str) -> str | None:
     return data.manifest["added_files"].get(f"splits/{split}.npz")
 
 
+def model_key(run: dict[str, Any]) -> str:
+    """The structure of a run's model, as a string (older runs: the defaults they had)."""
+    fields = {**model_fields(run), "architecture": run["architecture"],
+              "objective": run["objective"], "latent_dim": run["latent_dim"],
+              "objective_options": {k: v for k, v in run.get("objective_options", {}).items()
+                                    if k != "dataset_size"}}
+    fields["image_shape"] = list(fields["image_shape"])
+    return json.dumps(fields, sort_keys=True)
+
+
 def _check_models(grid: GridConfig, runs: list[dict[str, Any]]) -> None:
     """Build one model of every structure the runs name (a user class on a batch of two),
     so any problem with a model is one line before any work; record user classes' sources."""
@@ -164,10 +174,7 @@ def _check_models(grid: GridConfig, runs: list[dict[str, Any]]) -> None:
 
     built: set[str] = set()
     for run in runs:
-        key = json.dumps({k: run[k] for k in ("architecture", "architecture_options",
-                                               "activation", "objective", "objective_options",
-                                               "latent_dim", "likelihood", "decoder_std",
-                                               "image_shape")}, sort_keys=True)
+        key = model_key(run)
         if key not in built:
             build_run_model(run, probe=True)
             built.add(key)

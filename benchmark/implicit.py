@@ -46,7 +46,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from analysis.estimators import kl_tril_to_standard
+from analysis.estimators import kl_tril_to_standard, reparameterise
 from benchmark.objectives import Objective, upcast
 from rdbench.io import InputError
 
@@ -225,7 +225,7 @@ def block_vae_loss(model: Any, x: Tensor, beta: Tensor, noise: dict,
     """β-VAE, q(z|x) = N(μ, LLᵀ) with L block-diagonal: BCE(x, g(μ + Lε)) + β·KL, per example."""
     mu, params = map(upcast, model.encode(x))
     L = block_scale_tril(params, mu.shape[-1], _block_size(options))  # (B, d, d)
-    z = mu + (L @ noise["eps"].unsqueeze(-1)).squeeze(-1)
+    z = reparameterise(noise["eps"], mu, scale_tril=L)
     distortion = model.likelihood.nll(model.decode(z), x)
     rate = kl_tril_to_standard(mu, L)
     return {"loss": distortion + beta * rate, "distortion": distortion, "rate": rate}

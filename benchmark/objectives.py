@@ -22,6 +22,8 @@ from dataclasses import dataclass
 
 import torch
 
+from analysis.estimators import gaussian_kl_to_standard as gaussian_kl
+from analysis.estimators import reparameterise
 from rdbench.io import InputError
 
 
@@ -43,16 +45,6 @@ def bernoulli_distortion(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return Bernoulli().nll(logits, x)
 
 
-def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    """KL(N(mu, diag e^logvar) || N(0, I)) = ½ Σ (mu² + e^logvar - 1 - logvar): (B, d) -> (B,)."""
-    return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(-1)
-
-
-def reparameterise(mu: torch.Tensor, logvar: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-    """z = mu + exp(logvar / 2) · eps, all (B, d)."""
-    return mu + (0.5 * logvar).exp() * eps
-
-
 def upcast(t: torch.Tensor) -> torch.Tensor:
     """Half-precision (autocast) outputs -> float32; float32 and float64 unchanged."""
     return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
@@ -62,7 +54,7 @@ def _beta_vae_loss(model, x, beta, noise, options) -> dict[str, torch.Tensor]:
     """β-VAE: loss = D + β R, D = −log p(x|z) (the model's likelihood) from one
     reparameterised sample, R the closed-form KL."""
     mu, logvar = model.encode(x)  # (B, d), (B, d)
-    z = reparameterise(mu, logvar, noise["eps"])
+    z = reparameterise(noise["eps"], mu, logvar)
     distortion = model.likelihood.nll(model.decode(z), x)
     rate = gaussian_kl(upcast(mu), upcast(logvar))
     return {"loss": distortion + beta * rate, "distortion": distortion, "rate": rate}

@@ -203,8 +203,13 @@ def test_bench_out_is_checked_before_measuring(benches, what, tmp_path, capsys):
         err = capsys.readouterr().err
         assert err.startswith("rdbench: error:") and err.count("\n") == 1
     assert user.read_text() == '{"mine": 1}'
-    with pytest.raises(MeasuringError):  # --force replaces any file
-        main(["bench", what, *benches[what], "--out", str(user), "--force"])
+    # --force replaces only what rdbench wrote: never the user's file, an other bench's result
+    assert main(["bench", what, *benches[what], "--out", str(user), "--force"]) == 2
+    assert user.read_text() == '{"mine": 1}'
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"bench": "other"}))
+    with pytest.raises(MeasuringError):
+        main(["bench", what, *benches[what], "--out", str(other), "--force"])
     earlier = tmp_path / "results" / f"{what}.json"  # a re-run into the same path
     earlier.parent.mkdir()
     earlier.write_text(json.dumps({"bench": what}))

@@ -75,7 +75,7 @@ def test_evaluate_writes_consistent_metrics_and_neighbours(read_metrics, runs, c
             assert s["log_px"] >= s["log_px_elbo"]  # the bound on the very same examples
     assert "evaluated 2 run(s)" in capsys.readouterr().out
 
-    nn = np.load(runs_dir / "neighbours" / "random.npz")
+    nn = np.load(_neighbours(runs_dir, "random"))
     train, test = data.split("random")
     assert len(nn["test"]) == 60 and np.isin(nn["test"], test).all()
     assert np.isin(nn["nearest"], train).all() and int(nn["hard"]) in nn["test"]
@@ -403,8 +403,8 @@ def test_metrics_made_with_other_settings_are_evaluated_again(read_metrics, runs
 
 def test_neighbours_made_with_another_nn_subset_are_recomputed(runs) -> None:
     runs_dir, _ = runs
-    path = runs_dir / "neighbours" / "random.npz"
     assert rdbench(["evaluate", str(runs_dir), *FAST]) == 0
+    path = _neighbours(runs_dir, "random")
     with np.load(path) as nn:
         assert len(nn["test"]) == 60 and int(nn["nn_subset"]) == 60
         older = {k: nn[k] for k in ("test", "distance", "nearest", "hard")}
@@ -466,14 +466,22 @@ def test_neighbours_that_is_not_a_directory_is_refused(read_metrics, runs, capsy
     assert not read_metrics(runs_dir) and (runs_dir / "neighbours").read_text() == "mine"
 
 
-def test_runs_of_one_split_on_two_datasets_are_refused(read_metrics, runs, capsys) -> None:
-    """neighbours/<split>.npz can hold one dataset's distances: never silently the other's."""
+def test_a_run_whose_fingerprint_is_not_its_datasets_is_refused(read_metrics, runs,
+                                                                  capsys) -> None:
+    """A run trained on other data (its recorded fingerprint is not the dataset's): never
+    evaluated on this one, and nothing written."""
     runs_dir, _ = runs
     path = runs_dir / "beta_vae-mlp1-random-2.0-1" / "config.json"
     path.write_text(json.dumps({**json.loads(path.read_text()), "dataset_fingerprint": "x"}))
     assert rdbench(["evaluate", str(runs_dir), *FAST]) == 2
-    assert "trained on two datasets" in capsys.readouterr().err
+    assert "changed since training" in capsys.readouterr().err
     assert not read_metrics(runs_dir) and not (runs_dir / "neighbours").exists()
+
+
+def _neighbours(runs_dir, split):
+    """``neighbours/<split>.<fingerprint>.npz`` of the one dataset of these tests."""
+    (path,) = (runs_dir / "neighbours").glob(f"{split}.*.npz")
+    return path
 
 
 def test_leftovers_of_killed_writes_are_removed_never_a_live_one_or_a_users(runs,
@@ -488,7 +496,8 @@ def test_leftovers_of_killed_writes_are_removed_never_a_live_one_or_a_users(runs
     assert rdbench(["evaluate", str(runs_dir), *FAST]) == 0
     run = runs_dir / "beta_vae-mlp1-random-0.5-0"
     killed = [run / temporary_name("metrics.json", "tmp"),
-              runs_dir / "neighbours" / temporary_name("random.npz", "tmp")]
+              runs_dir / "neighbours" / temporary_name(_neighbours(runs_dir, "random").name,
+                                                        "tmp")]
     live = run / temporary_name("metrics.json", "tmp")
     users = run / ".metrics.json.0123456789ab.tmp"  # the shape, not rdbench's signature
     for path in [*killed, live, users]:
@@ -520,13 +529,11 @@ _MEASURE_ENCODE_SET = """
 import resource
 import numpy as np, torch
 from analysis.metrics import EvalSettings, ModelGroup, encode_set
-from benchmark.architectures import registry
 from benchmark.models import build_model
 
 torch.set_num_threads(1)
-registry()["mlp1"].options["hidden"] = 128
-group = ModelGroup([build_model("mlp1") for _ in range(6)],
-                   [{"objective": "beta_vae", "run_id": str(i)} for i in range(6)])
+group = ModelGroup([build_model("mlp1", options={"hidden": 128}) for _ in range(6)],
+                   [{"objective": "beta_vae", "run_id": str(i), "beta": 1.0} for i in range(6)])
 images = np.random.default_rng(0).integers(0, 256, (12000, 32, 32, 3), dtype=np.uint8)
 generators = [torch.Generator().manual_seed(i) for i in range(6)]
 encode_set(group, images, np.arange(256), generators, EvalSettings())  # one chunk's peak

@@ -13,6 +13,7 @@ import torch
 from torch.distributions import MultivariateNormal, kl_divergence
 
 from analysis.kp import common, jacobian, objectives
+from benchmark.likelihoods import Bernoulli
 from rdbench.io import InputError, atomic_write_json
 
 
@@ -81,11 +82,35 @@ def test_taylor_equals_grae_at_the_optimal_covariance_and_exceeds_it_elsewhere()
     opt = torch.linalg.cholesky(torch.linalg.inv(torch.eye(d, dtype=torch.float64) + A / beta))
     mc = torch.zeros(n, dtype=torch.float64)
     at_opt = objectives.objective_terms(x, {"mu": mu, "scale_tril": opt, "A": A,
-                                            "logits": logits}, mc, beta)
+                                            "logits": logits}, mc, beta, Bernoulli())
     torch.testing.assert_close(at_opt["taylor"], at_opt["grae"])
     other = objectives.objective_terms(x, {"mu": mu, "scale_tril": 0.5 * opt, "A": A,
-                                           "logits": logits}, mc, beta)
+                                           "logits": logits}, mc, beta, Bernoulli())
     assert (other["taylor"] > other["grae"] + 1e-9).all()
+
+
+@pytest.mark.parametrize("std", [0.05, 1.0])
+def test_gaussian_grae_is_below_taylor_by_the_closed_form_gap(std):
+    """With a Gaussian decoder (their eq. 13): Taylor − GRAE = β·KL(N(0, Σ) ‖ N(0, Σ*)) with
+    Σ* = (I + A/β)⁻¹, A = JᵀJ/σ² — zero at Σ*, positive anywhere else."""
+    from benchmark.likelihoods import Gaussian
+
+    d, n, beta = 3, 6, 0.4
+    A = _spd(n, d, 9) / std**2
+    mu = torch.randn(n, d, dtype=torch.float64)
+    x, logits = torch.rand(n, 5, dtype=torch.float64), torch.randn(n, 5, dtype=torch.float64)
+    Q = torch.eye(d, dtype=torch.float64) + A / beta
+    for L in (torch.linalg.cholesky(torch.linalg.inv(Q)), 0.3 * torch.eye(d).double().expand(
+            n, d, d)):
+        terms = objectives.objective_terms(x, {"mu": mu, "scale_tril": L, "A": A,
+                                               "logits": logits},
+                                           torch.zeros(n, dtype=torch.float64), beta,
+                                           Gaussian(std))
+        gap = beta * jacobian.kl_gap(L @ L.mT, Q)
+        torch.testing.assert_close(terms["taylor"] - terms["grae"], gap)
+        assert (terms["grae"] <= terms["taylor"] + 1e-9).all()
+    expected = -torch.distributions.Normal(torch.sigmoid(logits), std).log_prob(x).sum(1)
+    torch.testing.assert_close(terms["distortion_mean"], expected)
 
 
 def test_taylor_matches_monte_carlo_for_a_linear_decoder_at_small_variance():
@@ -95,6 +120,8 @@ def test_taylor_matches_monte_carlo_for_a_linear_decoder_at_small_variance():
     dec = torch.nn.Linear(3, 6).double()
 
     class Model:
+        likelihood = Bernoulli()
+
         def decode(self, z):
             return dec(z)
 
@@ -107,7 +134,7 @@ def test_taylor_matches_monte_carlo_for_a_linear_decoder_at_small_variance():
     mc = objectives.mc_distortion(Model(), x, mu, L, 2000, torch.Generator().manual_seed(1))
     with torch.no_grad():
         terms = objectives.objective_terms(x, {"mu": mu, "scale_tril": L, "A": A,
-                                               "logits": logits}, mc, 1.0)
+                                               "logits": logits}, mc, 1.0, Bernoulli())
     torch.testing.assert_close(terms["taylor"], terms["beta_vae"], atol=3e-3, rtol=0)
     assert (terms["trace_term"] > 0.01).all()
 

@@ -84,7 +84,7 @@ def test_kl_known_answers():
 
 
 def test_reparameterise_scale():
-    z = reparameterise(torch.ones(1, 2), torch.log(torch.tensor([[4.0, 9.0]])), torch.ones(1, 2))
+    z = reparameterise(torch.ones(1, 2), torch.ones(1, 2), torch.log(torch.tensor([[4.0, 9.0]])))
     assert z.tolist() == [[3.0, 4.0]]
 
 

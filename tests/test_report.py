@@ -26,6 +26,7 @@ from PIL import Image
 
 from analysis import figures, figures_rd, report, tables
 from analysis.plot_style import Skipped
+from benchmark.likelihoods import Bernoulli
 from rdbench.cli import main as rdbench_main
 from rdbench.io import InputError, output_kind
 
@@ -124,6 +125,10 @@ def runs(runs_dir: Path) -> pd.DataFrame:
 class _FakeVAE(torch.nn.Module):
     """encode: mean pixel per channel as latent; decode: constant image of that colour."""
 
+    def __init__(self):
+        super().__init__()
+        self.likelihood = Bernoulli()
+
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mu = x.mean(dim=(2, 3))  # (B, 3)
         return mu, torch.zeros_like(mu)
@@ -148,7 +153,7 @@ def _fake_images() -> np.ndarray:
     return images
 
 
-def _fake_tetrominoes_figures() -> types.SimpleNamespace:
+def _fake_dataset_figures() -> types.SimpleNamespace:
     import matplotlib.pyplot as plt
 
     def plot_samples(data: object, path: Path) -> None:
@@ -157,7 +162,8 @@ def _fake_tetrominoes_figures() -> types.SimpleNamespace:
     def plot_split(data: object, split: str, path: Path) -> None:
         plt.imsave(path, data.images[1])
 
-    return types.SimpleNamespace(plot_samples=plot_samples, plot_split=plot_split)
+    return types.SimpleNamespace(plot_samples=plot_samples, plot_split=plot_split,
+                                 split_picture_note=lambda data: None)
 
 
 @pytest.fixture(scope="module")
@@ -172,7 +178,7 @@ def built(runs_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(report, "_load_dataset", lambda path: data)
         mp.setattr(report, "_model_loader", lambda: _fake_load_model)
-        mp.setattr(figures, "_tetrominoes_figures", _fake_tetrominoes_figures)
+        mp.setattr(figures, "dataset_figures", _fake_dataset_figures())
         assert report.build_report(runs_dir, out) == out.resolve()
     return out
 
@@ -436,11 +442,12 @@ def test_a_dataset_other_than_the_runs_is_not_used_for_images(monkeypatch, tmp_p
     _write_run(tmp_path, {**_grid()[0], "dataset_fingerprint": "aaa"}, "done", rng)
     other = types.SimpleNamespace(images=_fake_images(), fingerprint="bbb")
     monkeypatch.setattr(report, "_load_dataset", lambda path: other)
-    data, images, loader, note = report._dataset_and_models(tmp_path)
-    assert data is None and "fingerprint differs" in note
+    (view,) = report._dataset_views(tmp_path, pd.DataFrame())
+    assert view.data is None and "fingerprint differs" in view.note
     monkeypatch.setattr(report, "_load_dataset",
                         lambda path: types.SimpleNamespace(images=other.images, fingerprint="aaa"))
-    assert report._dataset_and_models(tmp_path)[3] is None
+    (view,) = report._dataset_views(tmp_path, pd.DataFrame())
+    assert view.note is None and view.data.fingerprint == "aaa"
 
 
 def _raise_input_error(path: str) -> None:

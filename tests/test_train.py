@@ -398,9 +398,14 @@ def test_damaged_run_files_are_one_clear_error(tiny_dataset, tmp_path, capsys):
     (run / "history.csv").write_text("iteration,loss\n2,oops\n")
     with pytest.raises(InputError, match="unreadable"):
         runs_io.read_history(run)
-    (run / ".checkpoint.pt.0123abcd.tmp").write_bytes(b"half a checkpoint")
+    from rdbench.files import temporary_name
+
+    killed = run / temporary_name("checkpoint.pt", "tmp")  # rdbench's own, unlocked
+    killed.write_bytes(b"half a checkpoint")
+    users = run / ".checkpoint.pt.0123abcd.tmp"  # the shape, not rdbench's signature
+    users.write_bytes(b"the user's")
     runs_io.rewind(run, 0)
-    assert not list(run.glob(".*.tmp"))
+    assert not killed.exists() and users.read_bytes() == b"the user's"
 
 
 def test_damaged_dataset_is_refused_by_train_and_evaluate(tiny_dataset, tmp_path, capsys):

@@ -17,10 +17,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from imagesets.tensor import model_input
 from rdbench.io import InputError, check_output_dir
 
 KP_OBJECTIVES = ("beta_vae", "beta_vae_block")
-IDENTITY = ("run_id", "split", "architecture", "objective", "block_size", "beta", "seed")
+IDENTITY = ("run_id", "dataset", "split", "architecture", "decoder", "latent_dim",
+            "objective", "block_size", "beta", "seed")
+# What tells runs apart besides β and seed: never averaged together.
+GROUP = ("dataset", "split", "architecture", "decoder", "latent_dim", "block_size")
 
 
 def block_size(config: dict) -> int:
@@ -51,14 +55,38 @@ def finished_vae_runs(runs_dir: str | Path) -> list[tuple[Path, dict]]:
 
 def identity(config: dict) -> dict[str, Any]:
     """The columns that name a run in the analyses' tables."""
-    return {"run_id": config["run_id"], "split": config["split"],
-            "architecture": config["architecture"], "objective": config["objective"],
-            "block_size": block_size(config), "beta": float(config["beta"]),
-            "seed": int(config["seed"])}
+    return {"run_id": config["run_id"], "dataset": Path(config["dataset"]).name,
+            "split": config["split"], "architecture": config["architecture"],
+            "decoder": decoder_label(config), "latent_dim": int(config["latent_dim"]),
+            "objective": config["objective"], "block_size": block_size(config),
+            "beta": float(config["beta"]), "seed": int(config["seed"])}
+
+
+def decoder_label(config: dict) -> str:
+    """``bernoulli``, ``gaussian σ=0.1`` or ``gaussian σ learned``: the run's likelihood."""
+    kind, std = config.get("likelihood", "bernoulli"), config.get("decoder_std")
+    if kind != "gaussian":
+        return kind
+    return f"gaussian σ={std:g}" if isinstance(std, (int, float)) else f"gaussian σ {std}"
+
+
+def group_label(row: Any, columns: tuple[str, ...] = GROUP) -> str:
+    """``cv-8192 · mlp1 · d=10 · b=2`` (dataset and decoder too): one group of runs."""
+    parts = {"dataset": row["dataset"], "split": row["split"],
+             "architecture": row["architecture"], "decoder": row["decoder"],
+             "latent_dim": f"d={row['latent_dim']}", "block_size": f"b={row['block_size']}"}
+    return " · ".join(str(parts[c]) for c in columns)
+
+
+def varying(table: Any, columns: tuple[str, ...] = GROUP) -> tuple[str, ...]:
+    """The group columns that differ between the table's runs (the rest go unsaid)."""
+    shown = tuple(c for c in columns if table[c].nunique() > 1)
+    return shown or ("split", "architecture")
 
 
 def _group(config: dict) -> tuple:
-    return config["split"], config["architecture"], block_size(config)
+    row = identity(config)
+    return tuple(row[c] for c in GROUP)
 
 
 def output_dir(args: argparse.Namespace, analysis: str) -> Path:
@@ -71,9 +99,9 @@ def output_dir(args: argparse.Namespace, analysis: str) -> Path:
 @functools.lru_cache(maxsize=4)
 def _dataset(path: str) -> Any:
     """The dataset at ``path``, its checksums verified (as ``rdbench evaluate`` opens it)."""
-    import tetrominoes
+    import imagesets
 
-    return tetrominoes.load_verified(path)
+    return imagesets.load_verified(path)
 
 
 def check_inputs(runs: list[tuple[Path, dict]]) -> None:
@@ -89,7 +117,7 @@ def check_inputs(runs: list[tuple[Path, dict]]) -> None:
 
 
 def held_out_images(config: dict, n: int, seed: int = 0) -> Tensor:
-    """``n`` test images of the run's split (seeded uniform subset, sorted rows): (n, 3, 32, 32).
+    """``n`` test images of the run's split (seeded uniform subset, sorted rows): (n, C, H, W).
 
     The same rows for every run of one split (the subset depends only on ``seed``), so runs
     are compared on identical held-out data.
@@ -98,8 +126,7 @@ def held_out_images(config: dict, n: int, seed: int = 0) -> Tensor:
     rows = np.asarray(data.split(config["split"]).test)
     if n < len(rows):
         rows = np.sort(np.random.default_rng(seed).choice(rows, size=n, replace=False))
-    images = np.asarray(data.images[rows])  # (n, 32, 32, 3) uint8
-    return torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255.0)
+    return model_input(data.images[rows])  # (n, C, H, W) in [0, 1]
 
 
 def encoder_posterior(model: Any, config: dict, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -141,16 +168,17 @@ def plot_vs_beta(table: Any, metrics: list[str], stem: Path, labels: dict[str, s
 
     @styled
     def draw() -> list[Path]:
-        splits = sorted(table.split.unique())
-        fig, axes = figure(len(splits), len(metrics), width=3.2, height=2.6,
+        rows_of = [c for c in varying(table) if c not in ("architecture", "block_size")]
+        panels = (list(table.groupby(rows_of, sort=True)) if rows_of else [((), table)])
+        fig, axes = figure(len(panels), len(metrics), width=3.2, height=2.6,
                            layout="constrained")
         blocks = sorted(table.block_size.unique())
         archs = sorted(table.architecture.unique())
-        for r, split in enumerate(splits):
+        for r, (key, rows) in enumerate(panels):
+            title = " · ".join(map(str, key if isinstance(key, tuple) else (key,)))
             for c, metric in enumerate(metrics):
                 ax = axes[r, c]
-                for (arch, b), g in table[table.split == split].groupby(["architecture",
-                                                                         "block_size"]):
+                for (arch, b), g in rows.groupby(["architecture", "block_size"]):
                     s = g.groupby("beta")[metric].agg(["mean", "std"]).fillna(0.0)
                     i, j = blocks.index(b), archs.index(arch)
                     ax.errorbar(s.index, s["mean"], yerr=s["std"], color=color(i),
@@ -159,7 +187,7 @@ def plot_vs_beta(table: Any, metrics: list[str], stem: Path, labels: dict[str, s
                                 label=f"{arch}, b={b}" if (r, c) == (0, 0) else None)
                 beta_axis(ax, table["beta"])
                 ax.set_ylabel(labels.get(metric, metric))
-                ax.set_title(f"split {split}", fontsize=8)
+                ax.set_title(title, fontsize=8)
         fig.legend(loc="outside lower center", ncol=min(4, len(blocks) * len(archs)))
         return save(fig, stem)
 

@@ -97,8 +97,9 @@ def run_scores(stats: dict[str, Tensor], beta: float, b: int) -> dict[str, float
 
 
 def summarise(table: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
-    """Mean and std over seeds per split × architecture × block size × β."""
-    keys = ["split", "architecture", "block_size", "beta"]
+    """Mean and std over seeds per dataset × split × architecture × decoder × latent size ×
+    block size × β."""
+    keys = [*common.GROUP, "beta"]
     grouped = table.groupby(keys)[metrics]
     out = grouped.mean().add_suffix("_mean").join(grouped.std(ddof=0).add_suffix("_std"))
     return out.join(grouped.size().rename("n_seeds")).reset_index()
@@ -152,7 +153,8 @@ def _heatmap_runs(table: pd.DataFrame, max_betas: int = 4) -> pd.DataFrame:
     """Runs shown as heat maps: first split × architecture, lowest seed, ≤ 4 spread-out β per
     block size (≤ 3 block sizes)."""
     first = table.iloc[0]
-    sub = table[(table.split == first.split) & (table.architecture == first.architecture)]
+    same = [c for c in common.GROUP if c != "block_size"]
+    sub = table[(table[same] == first[same]).all(axis=1)]
     sub = sub[sub.seed == sub.seed.min()]
     picked = []
     for _, group in list(sub.groupby("block_size"))[:3]:
@@ -185,8 +187,9 @@ def plot_heatmaps(shown: pd.DataFrame, matrices: dict, stem) -> list:
                     ax.set_title(f"x{point + 1}: {_PANELS[which]}", fontsize=7)
             axes[r, 0].set_ylabel(f"b={run.block_size}\nβ={run.beta:g}", fontsize=7)
         fig.colorbar(image, ax=axes, shrink=0.6, label=r"$M_{ij} / \sqrt{M_{ii} M_{jj}}$")
-        fig.suptitle(f"{shown.iloc[0].split} · {shown.iloc[0].architecture}: posterior "
-                     "precision vs decoder curvature (Kumar & Poole eq. 11)", fontsize=8)
+        label = common.group_label(shown.iloc[0], tuple(common.GROUP[:-1]))
+        fig.suptitle(f"{label}: posterior precision vs decoder curvature (Kumar & Poole "
+                     "eq. 11)", fontsize=8)
         return save(fig, stem)
 
     return draw()

@@ -1,8 +1,10 @@
 """``rdbench kp objectives RUNS_DIR``: β-VAE objective vs its Taylor approximation vs GRAE.
 
 Kumar & Poole's Fig. 3: for each finished β-VAE run (mean-field and block-diagonal), on
-held-out test images, per example in nats (minimisation form; BCE(x, ℓ) = −log p(x|ℓ) with
-Bernoulli logits ℓ, A = JᵀHJ the decoder's Gauss–Newton matrix at μ, H = diag(σ(1−σ))):
+held-out test images, per example in nats (minimisation form; BCE(x, ℓ) stands for the
+model's −log p(x|ℓ), Bernoulli or Gaussian, with decoder outputs ℓ, A = JᵀHJ the decoder's
+Gauss–Newton matrix at μ, H the likelihood's curvature: diag(σ(1−σ)) for the Bernoulli,
+I/σ² for the Gaussian's mean):
 
     β-VAE   L   = E_q[BCE(x, g(z))] + β·KL(q ‖ N(0, I))      (Monte Carlo, K samples z ~ q)
     Taylor  L₇  = BCE(x, g(μ)) + ½ tr(AΣ) + β·KL(q ‖ N(0, I))          (their eq. 7)
@@ -20,6 +22,7 @@ run: the three objectives, their components and standard errors over the test ex
 from __future__ import annotations
 
 import argparse
+import copy
 import math
 
 import pandas as pd
@@ -38,40 +41,41 @@ COMPONENTS = ("beta_vae", "taylor", "grae", "distortion_mc", "distortion_mean", 
 
 def mc_distortion(model, x: Tensor, mu: Tensor, L: Tensor, samples: int,
                   generator: torch.Generator, chunk: int = 8192) -> Tensor:
-    """E_q[BCE(x, g(z))] from K = ``samples`` draws z = μ + Lε per example: (B,), float64.
+    """E_q[−log p(x|g(z))] (the model's likelihood) from K = ``samples`` draws z = μ + Lε per
+    example: (B,), float64.
 
     Antithetic pairs (ε, −ε) cancel the first-order fluctuation; each draw is still marginally
     N(0, I), so the estimate is unbiased for any K. Decoded ``chunk`` latents at a time.
     """
-    from benchmark.objectives import bernoulli_distortion
+    from analysis.estimators import reparameterise
 
     half = -(-samples // 2)
     eps = torch.randn((half, *mu.shape), generator=generator, dtype=mu.dtype)
     eps = torch.cat([eps, -eps])[:samples].to(mu.device)  # (K, B, d)
-    z = mu + (L @ eps.unsqueeze(-1)).squeeze(-1)  # (K, B, d)
+    z = reparameterise(eps, mu, scale_tril=L)  # (K, B, d)
     flat_x = x.unsqueeze(0).expand(samples, *x.shape).flatten(0, 1)  # (K·B, ...)
     parts = []
     for zc, xc in zip(z.flatten(0, 1).split(chunk), flat_x.split(chunk), strict=True):
-        parts.append(bernoulli_distortion(model.decode(zc).float(), xc.float()).double())
+        out = model.decode(zc)
+        parts.append(model.likelihood.nll(out, xc.to(out.dtype)).double())
     total = torch.cat(parts).unflatten(0, (samples, len(x)))  # (K, B)
     return total.mean(0)
 
 
-def objective_terms(x: Tensor, stats: dict[str, Tensor], mc: Tensor,
-                    beta: float) -> dict[str, Tensor]:
+def objective_terms(x: Tensor, stats: dict[str, Tensor], mc: Tensor, beta: float,
+                    likelihood: torch.nn.Module) -> dict[str, Tensor]:
     """Per-example components of the three objectives (all float64, (n,)).
 
-    ``stats``: μ, L, logits at μ and A (analysis.kp.common.posterior_and_curvature);
-    ``mc``: the Monte-Carlo expected distortion.
+    ``stats``: μ, L, decoder outputs at μ and A (analysis.kp.common.posterior_and_curvature);
+    ``mc``: the Monte-Carlo expected distortion; ``likelihood``: the model's (its −log p(x|ℓ)).
     """
     from analysis.estimators import kl_tril_to_standard
     from benchmark.implicit import log_det_regulariser
 
     mu, L, A = stats["mu"], stats["scale_tril"], stats["A"]
-    logits = stats["logits"]
     x = x.flatten(1).double().cpu()
-    bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, x, reduction="none")
-    distortion_mean = bce.sum(1)
+    with torch.no_grad():
+        distortion_mean = likelihood.cpu().double().nll(stats["logits"], x).double()
     sigma = L @ L.transpose(-2, -1)
     trace_term = 0.5 * (A * sigma).sum((-2, -1))  # ½ tr(AΣ), both symmetric
     kl = kl_tril_to_standard(mu, L)
@@ -93,19 +97,20 @@ def run_row(terms: dict[str, Tensor]) -> dict[str, float]:
 
 
 def evaluate_run(model, config: dict, x: Tensor, samples: int, seed: int = 0) -> dict[str, float]:
-    """The row of ``objectives.csv`` for one run on test images ``x`` (n, 3, 32, 32)."""
+    """The row of ``objectives.csv`` for one run on test images ``x`` (n, C, H, W)."""
     stats = common.posterior_and_curvature(model, config, x)
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         mu, L = common.encoder_posterior(model, config, x)
         mc = mc_distortion(model, x, mu, L, samples, generator).cpu()
-    terms = objective_terms(x, stats, mc, float(config["beta"]))
+    terms = objective_terms(x, stats, mc, float(config["beta"]), copy.deepcopy(model.likelihood))
     return {**common.identity(config), "n": len(x), "samples": samples, **run_row(terms)}
 
 
 def summarise(table: pd.DataFrame) -> pd.DataFrame:
-    """Mean and std over seeds per split × architecture × block size × β."""
-    keys = ["split", "architecture", "block_size", "beta"]
+    """Mean and std over seeds per dataset × split × architecture × decoder × latent size ×
+    block size × β."""
+    keys = [*common.GROUP, "beta"]
     grouped = table.groupby(keys)[list(COMPONENTS)]
     out = grouped.mean().add_suffix("_mean").join(grouped.std(ddof=0).add_suffix("_std"))
     return out.join(grouped.size().rename("n_seeds")).reset_index()
@@ -143,9 +148,10 @@ def plot_objectives(table: pd.DataFrame, stem) -> list:
 
     @styled
     def draw():
-        groups = list(table.groupby(["split", "architecture", "block_size"]))
+        shown = common.varying(table)
+        groups = list(table.groupby(list(shown), sort=True))
         fig, axes = figure(2, len(groups), width=3.2, height=2.6, layout="constrained")
-        for c, ((split, arch, b), g) in enumerate(groups):
+        for c, (_, g) in enumerate(groups):
             s = g.groupby("beta")[["beta_vae", "taylor", "grae"]]
             mean, std = s.mean(), s.std(ddof=0).fillna(0.0)
             for i, (key, label, ls) in enumerate(_CURVES):
@@ -155,7 +161,7 @@ def plot_objectives(table: pd.DataFrame, stem) -> list:
                 diff = (g[key] - g["beta_vae"]).groupby(g["beta"])
                 axes[1, c].errorbar(diff.mean().index, diff.mean(),
                                     yerr=diff.std(ddof=0).fillna(0.0), **{**kw, "label": None})
-            axes[0, c].set_title(f"{split} · {arch} · b={b}")
+            axes[0, c].set_title(common.group_label(g.iloc[0], shown), fontsize=8)
             axes[0, c].set_ylabel("objective [nats / example]")
             axes[1, c].set_ylabel("minus β-VAE objective [nats]")
             axes[1, c].axhline(0.0, color="0.5", linewidth=0.6)
