@@ -130,7 +130,7 @@ def _not_of_kind(path: Path, kind: str) -> str | None:
 # What rdbench writes in a run directory (benchmark/runs.py, evaluate, the train lease).
 RUN_FILES = ("config.json", "status.json", "history.csv", "checkpoint.pt",
              "checkpoint.prev.pt", "model.pt", "model_best.pt", "metrics*.json", ".lock",
-             "tb/events.out.tfevents.*", "tb/*/events.out.tfevents.*")
+             "tb/events.out.tfevents.*", "tb/*/events.out.tfevents.*", "tb/.rdbench-output")
 
 
 def _not_demo_runs(runs: Path) -> str | None:

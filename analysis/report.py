@@ -66,7 +66,7 @@ def build_report(runs_dir: str | Path, out_dir: str | Path | None = None,
     check_output_dir(out, force, kind="report", inputs=[runs_dir])
     summary = summarise(runs)
     best_runs = collect_runs(runs_dir, checkpoint="best")
-    best = summarise(best_runs) if not evaluated(best_runs).empty else best_runs
+    best = summarise(best_runs) if not evaluated(best_runs).empty else pd.DataFrame()
     histories, stopping = collect_histories(runs, runs_dir), stopping_table(runs, runs_dir)
     with staged_directory(out, force, kind="report") as tmp:
         _write_tables(runs, summary, tmp)
@@ -264,7 +264,7 @@ def _training_blocks(summary: pd.DataFrame, best: pd.DataFrame, histories: pd.Da
     )
 
     blocks: list[Block] = []
-    if not best.empty and not evaluated(best).empty:
+    if not best.empty:  # the best checkpoints' summary
         blocks += [Heading("Early stopping (Bozkurt et al., appendix)"), Paragraph(_EARLY)]
         for split, arch in _pairs(best):
             def early(stem: Path, split: str = split, arch: str = arch) -> FigureResult:

@@ -37,14 +37,6 @@ class Objective:
     uses_beta: bool = True  # False: runs differing only in β train identical models
 
 
-def bernoulli_distortion(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """−log p(x | logits) of a Bernoulli, summed over all but the first dim (the callers
-    written before :mod:`benchmark.likelihoods`; new code calls ``model.likelihood.nll``)."""
-    from benchmark.likelihoods import Bernoulli
-
-    return Bernoulli().nll(logits, x)
-
-
 def upcast(t: torch.Tensor) -> torch.Tensor:
     """Half-precision (autocast) outputs -> float32; float32 and float64 unchanged."""
     return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t

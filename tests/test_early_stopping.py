@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -90,3 +92,27 @@ def test_a_resumed_grid_keeps_the_best_so_far(tiny_dataset, tmp_path, monkeypatc
         a = torch.load(run / "model_best.pt", weights_only=True)
         b = torch.load(other / "model_best.pt", weights_only=True)
         assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_best_checkpoints_are_evaluated_apart_and_reported_beside_the_final(tiny_dataset,
+                                                                            tmp_path):
+    """evaluate --checkpoint final best writes metrics.json and metrics_best.json (the best
+    checkpoint's own numbers); the report draws the early-stopped curves and the curves."""
+    _write_grid(tmp_path / "grid.toml", tiny_dataset, validate_every=8)
+    runs = tmp_path / "runs"
+    assert main(["train", str(tmp_path / "grid.toml"), "--out", str(runs)]) == 0
+    assert main(["evaluate", str(runs), "--checkpoint", "final", "best", "--iwae-samples", "4",
+                 "--iwae-subset", "8", "--nn-subset", "20", "--max-examples", "64"]) == 0
+    for run in runs_io.find_runs(runs):
+        final = json.loads((run / "metrics.json").read_text())
+        best = json.loads((run / "metrics_best.json").read_text())
+        assert (final["checkpoint"], best["checkpoint"]) == ("final", "best")
+        same_weights = runs_io.read_status(run)["best_iteration"] == 24
+        assert (final["test"]["distortion"] == best["test"]["distortion"]) == same_weights
+    assert main(["report", str(runs)]) == 0
+    report = runs / "report"
+    assert (report / "figures" / "rd_early_stopping_random_mlp1.png").is_file()
+    assert (report / "figures" / "curves_random_mlp1_beta_vae.png").is_file()
+    assert {"runs_best.csv", "summary_best.csv", "history.csv", "stopping.csv"} <= {
+        p.name for p in report.iterdir()}
+    assert "best checkpoint (iteration)" in (report / "report.md").read_text()

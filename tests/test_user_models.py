@@ -8,6 +8,7 @@ import json
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 import torch
 
@@ -77,9 +78,18 @@ def _grid(path, dataset, architecture="userpkg.models:TinyVAE", **extra) -> None
     path.write_text("\n".join(lines) + "\n")
 
 
-def test_a_user_model_trains_in_the_vectorised_trainer(tiny_dataset, tmp_path, user_package):
+def test_a_user_model_is_trained_evaluated_and_reported(tiny_dataset, tmp_path,
+                                                        user_package):
     _grid(tmp_path / "grid.toml", tiny_dataset)
     assert main(["train", str(tmp_path / "grid.toml"), "--out", str(tmp_path / "runs")]) == 0
+    assert main(["evaluate", str(tmp_path / "runs"), "--iwae-samples", "4", "--iwae-subset",
+                 "8", "--nn-subset", "20", "--max-examples", "64"]) == 0
+    assert main(["report", str(tmp_path / "runs")]) == 0
+    summary = (tmp_path / "runs" / "report" / "summary.csv").read_text()
+    assert "userpkg.models:TinyVAE" in summary
+    figures = tmp_path / "runs" / "report" / "figures"
+    assert (figures / "rd_random_userpkg.models_TinyVAE.png").is_file()
+    assert (figures / "reconstructions_random_userpkg.models_TinyVAE.png").is_file()
     runs = runs_io.find_runs(tmp_path / "runs")
     assert len(runs) == 4
     for run in runs:
@@ -88,6 +98,8 @@ def test_a_user_model_trains_in_the_vectorised_trainer(tiny_dataset, tmp_path, u
         assert config["architecture_options"] == {"hidden": 8}
         assert len(config["architecture_source_sha256"]) == 64
         assert runs_io.read_status(run)["status"] == "done"
+        metrics = json.loads((run / "metrics.json").read_text())
+        assert metrics["test"]["n"] == 64 and np.isfinite(metrics["test"]["log_px"])
         model = runs_io.load_model(run)
         assert model.net.enc[1].out_features == 8  # the user's class, with the grid's option
         assert model.likelihood.learned and float(model.likelihood.log_std.detach()) != 0.0
