@@ -11,8 +11,6 @@ unconstrained output per pixel value that the likelihood interprets).
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
@@ -21,6 +19,7 @@ from typing import Any
 from torch import nn
 
 from rdbench.io import InputError
+from rdbench.plugins import collect
 
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {"relu": nn.ReLU, "elu": nn.ELU}
 
@@ -47,13 +46,7 @@ class Architecture:
 @cache
 def registry() -> dict[str, Architecture]:
     """Every built-in architecture, by name (MLPs, then CNNs, then the rest)."""
-    found: dict[str, Architecture] = {}
-    for info in pkgutil.iter_modules(__path__):
-        module = importlib.import_module(f"{__name__}.{info.name}")
-        for name, arch in getattr(module, "ARCHITECTURES", {}).items():
-            if name in found:
-                raise RuntimeError(f"architecture {name!r} defined twice")
-            found[name] = arch
+    found = collect(__name__, "ARCHITECTURES", "architecture")
     return dict(sorted(found.items(), key=lambda item: (item[1].order, item[0])))
 
 

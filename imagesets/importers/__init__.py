@@ -15,9 +15,7 @@ exit 2) before anything is written, or — found while streaming — removes the
 
 from __future__ import annotations
 
-import importlib
 import os
-import pkgutil
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import cache
@@ -29,6 +27,7 @@ import pandas as pd
 
 from imagesets.format import FactorSpec
 from rdbench.io import InputError
+from rdbench.plugins import collect
 
 CHUNK = 4096  # images per chunk an importer yields (64×64×3: 50 MB)
 
@@ -90,14 +89,7 @@ class Importer:
 @cache
 def registry() -> dict[str, Importer]:
     """Every importer of the modules in this package, by kind."""
-    found: dict[str, Importer] = {}
-    for info in pkgutil.iter_modules(__path__):
-        module = importlib.import_module(f"{__name__}.{info.name}")
-        for kind, importer in getattr(module, "IMPORTERS", {}).items():
-            if kind in found:
-                raise RuntimeError(f"dataset kind {kind!r} defined twice")
-            found[kind] = importer
-    return dict(sorted(found.items()))
+    return dict(sorted(collect(__name__, "IMPORTERS", "dataset kind").items()))
 
 
 def get_importer(kind: str) -> Importer:
