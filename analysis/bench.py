@@ -136,9 +136,9 @@ def _trained_group(tmp: Path, quick: bool) -> tuple[Path, int]:
     path = tmp / "grid.toml"
     path.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in grid.items()))
     _peak_rss(["train", str(path), "--out", str(tmp / "runs")])
-    import tetrominoes
+    import imagesets
 
-    return tmp / "runs", len(tetrominoes.load(data).split("cv-8192").test)
+    return tmp / "runs", len(imagesets.load(data).split("cv-8192").test)
 
 
 def _peak_rss(command: list[str]) -> int:

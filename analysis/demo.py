@@ -70,11 +70,11 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _dataset(data_dir: Path, rdbench) -> int:
-    import tetrominoes
+    import imagesets
 
     if data_dir.is_dir():
         try:
-            if not tetrominoes.load(data_dir).verify():
+            if not imagesets.load(data_dir).verify():
                 print(f"reusing the dataset in {data_dir}", file=sys.stderr)
                 return 0
         except InputError:
