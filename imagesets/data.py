@@ -24,6 +24,7 @@ from imagesets.format import (
     parse_manifest,
     split_file,
 )
+from imagesets.legacy import upgrade
 from imagesets.splits import check_split
 from rdbench.io import InputError, json_or_none, sha256_file
 
@@ -191,7 +192,8 @@ def load(path: str | os.PathLike) -> ImageSet:
     raw = json_or_none(path / "manifest.json")
     if raw is None:
         raise InputError(f"unreadable or corrupt manifest: {path / 'manifest.json'}")
-    manifest = parse_manifest(raw, str(path / "manifest.json"))
+    where = str(path / "manifest.json")
+    manifest = parse_manifest(upgrade(raw, where), where)
     images = _read_images(path / "images.npy", manifest["images"]["count"],
                           manifest["images"]["shape"])
     factors = _read_factors(path / "factors.csv", manifest["images"]["count"],

@@ -21,10 +21,13 @@ import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
-from imagesets.importers import Importer, RemoteFile
 from rdbench.io import InputError
+
+if TYPE_CHECKING:  # (the importers call fetch: no import cycle at run time)
+    from imagesets.importers import Importer, RemoteFile
 
 CACHE_ENV = "RDBENCH_CACHE"
 TIMEOUT_S = 60  # seconds without an answer before a download is given up

@@ -31,8 +31,8 @@ A factor's ``range`` is the interval the splits halve and shrink (SPEC §2/§9);
 the observed [min, max] is used. Categorical factors have no range.
 
 Datasets written before this format (Tetrominoes, format version 1) are read as they are:
-:func:`parse_manifest` translates their manifest in memory, so their fingerprint, and the
-run ids built on it, do not change.
+:mod:`imagesets.legacy` translates their manifest in memory before :func:`parse_manifest`
+checks it, so their fingerprint, and the run ids built on it, do not change.
 """
 
 from __future__ import annotations
@@ -46,7 +46,6 @@ from typing import Any
 from rdbench.io import InputError
 
 FORMAT_VERSION = 2
-LEGACY_TETROMINOES = 1  # format_version of Tetrominoes datasets written before this format
 SPLIT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 CHANNELS = (1, 3)
@@ -96,9 +95,7 @@ def parse_manifest(raw: Any, where: str) -> dict:
     if not isinstance(raw, dict):
         raise InputError(f"corrupt manifest (not a JSON object): {where}")
     version = raw.get("format_version")
-    if version == LEGACY_TETROMINOES and raw.get("generator") == "rdbench tetrominoes":
-        raw = _from_legacy_tetrominoes(raw, where)
-    elif version != FORMAT_VERSION:
+    if version != FORMAT_VERSION:
         raise InputError(f"unsupported or corrupt manifest (format_version {version!r}, "
                          f"expected {FORMAT_VERSION}): {where}")
     manifest = dict(raw)
@@ -123,40 +120,6 @@ def factor_specs(manifest: dict) -> tuple[FactorSpec, ...]:
                             tuple(f["range"]) if f.get("range") is not None else None,
                             f.get("label"))
                  for f in manifest["factors"])
-
-
-def _from_legacy_tetrominoes(raw: dict, where: str) -> dict:
-    """Format-1 Tetrominoes manifest → format 2 (in memory; the file is left as it is)."""
-    try:
-        counts, ranges = raw["counts"], raw["ranges"]
-        names = list(raw["factors"])
-        out = dict(raw, format_version=FORMAT_VERSION, kind="tetrominoes",
-                   images={"count": counts["images"], "shape": counts["image_shape"]},
-                   factors=[{"name": n, "categorical": False, "range": ranges[n]}
-                            for n in names])
-    except (KeyError, TypeError) as e:
-        raise InputError(f"corrupt manifest (missing {e}): {where}") from None
-    out.setdefault("display_factors", ["x", "y"])
-    out["splits"] = {name: {**info, **_legacy_rule(name, ranges)}
-                     for name, info in raw.get("splits", {}).items()}
-    return out
-
-
-_LEGACY_HALF = 81_920  # the reference training-set size of Tetrominoes' cd-N boxes (SPEC §2)
-
-
-def _legacy_rule(name: str, ranges: dict) -> dict:
-    """The rule of a format-1 Tetrominoes split, and a cd split's box (from the ranges)."""
-    kind, _, size = name.partition("-")
-    if name in ("random", "checkerboard"):
-        return {"rule": name}
-    if kind == "cv":
-        return {"rule": "cv"}
-    if kind == "cd" and size.isdigit():
-        from imagesets.splits import box_info, cd_box
-
-        return box_info(cd_box(int(size), _LEGACY_HALF, ranges))
-    return {}
 
 
 def _fail(where: str, what: str) -> InputError:

@@ -237,3 +237,29 @@ def test_import_refusals_before_anything_is_written(tmp_path, capsys):
         assert match in err and err.count("\n") == 1
         assert not (tmp_path / "ds").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["one.npy"]
+
+
+def test_a_dataset_written_by_the_earlier_format_loads_unchanged(tiny_dataset, tmp_path):
+    """A format-1 manifest (as rdbench 0.1.0 wrote it) is read as it is: the same
+    fingerprint, factors with their declared ranges, the splits' rules and cd boxes."""
+    from imagesets.splits import cd_box
+
+    copy = _copy(tiny_dataset, tmp_path)
+    new = json.loads((copy / "manifest.json").read_text())
+    old = {"format_version": 1, "generator": "rdbench tetrominoes",
+           "generator_version": "1.0.0", "rendering": new["rendering"], "seed": 0,
+           "factors": ["angle", "hue", "scale", "x", "y"], "ranges": new["ranges"],
+           "bins": new["bins"], "counts": {"images": 512, "image_shape": [32, 32, 3]},
+           "splits": {k: {"train": v["train"], "test": v["test"]}
+                      for k, v in new["splits"].items()},
+           "files": new["files"]}
+    (copy / "manifest.json").write_text(json.dumps(old))
+    data = imagesets.load_verified(copy)
+    assert data.fingerprint == "85cc19424b0e7c6e" and data.kind == "tetrominoes"
+    assert [s.range for s in data.factor_specs] == [tuple(r) for r in new["ranges"].values()]
+    assert data.split_info("cv-8192")["rule"] == "cv"
+    box = data.split_info("cd-16384")["box"]
+    ranges = {k: tuple(v) for k, v in new["ranges"].items()}
+    assert box == {k: list(v) for k, v in cd_box(16384, 81920, ranges).items()}
+    np.testing.assert_array_equal(data.split("checkerboard").train,
+                                  imagesets.load(tiny_dataset).split("checkerboard").train)
