@@ -35,6 +35,7 @@ import torch
 
 from analysis import estimators as est
 from analysis.evaluate import EvalSettings, ModelGroup, encode_set
+from rdbench.device import device_name, synchronize
 from rdbench.io import check_bench_output, report_bench_result
 
 ARCHITECTURES = ("mlp1", "mlp3", "cnn1", "cnn3")
@@ -51,7 +52,7 @@ def main(args: argparse.Namespace) -> int:
                                "rate_decomposition": [], "throughput": [],
                                "evaluate_memory": []}
     for device in devices:
-        results["devices"][str(device)] = _device_name(device)
+        results["devices"][str(device)] = device_name(device)
         results["rate_decomposition"] += bench_rate_decomposition(n_rate, device)
         for arch in ARCHITECTURES:
             results["throughput"].append(bench_throughput(arch, models, n_images, device))
@@ -70,7 +71,7 @@ def bench_rate_decomposition(n: int, device: torch.device, d: int = 10) -> list[
         start, cpu_start = time.perf_counter(), time.process_time()
         out = est.rate_decomposition(mu, logvar, batch_size=batch,
                                      generator=torch.Generator().manual_seed(1))
-        _sync(device)
+        synchronize(device)
         rows.append({"device": str(device), "n": n, "d": d,
                      "batch_size": "exact" if batch is None else batch,
                      "seconds": time.perf_counter() - start,
@@ -92,10 +93,10 @@ def bench_throughput(arch: str, models: int, n_images: int, device: torch.device
     settings = EvalSettings(batch_size=256)
     gens = [torch.Generator().manual_seed(i) for i in range(models)]
     encode_set(group, images, rows[:256], gens, settings)  # warm-up
-    _sync(device)
+    synchronize(device)
     start = time.perf_counter()
     encode_set(group, images, rows, gens, settings)
-    _sync(device)
+    synchronize(device)
     seconds = time.perf_counter() - start
     return {"device": str(device), "architecture": arch, "models": models, "images": n_images,
             "seconds": seconds, "images_per_s_per_model": n_images / seconds,
@@ -189,14 +190,3 @@ def _devices(spec: str) -> list[torch.device]:
         return [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available()
                                         else [])
     return [resolve_device(spec)]
-
-
-def _device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)"
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)

@@ -40,14 +40,14 @@ below the matmul peak whatever the kernels do; ``--batch`` shows the MFU where i
 from __future__ import annotations
 
 import argparse
-import platform
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from benchmark.hardware import copy_bandwidth, matmul_peak, mfu_ceiling
 from rdbench import _lazy
+from rdbench.device import device_name, synchronize
 from rdbench.io import InputError, check_bench_output, report_bench_result
 
 if TYPE_CHECKING:  # torch is imported only when the benchmark runs (fast ``rdbench --help``)
@@ -142,70 +142,9 @@ def register_bench_train(benches: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_lazy.handler("benchmark.bench:main"))
 
 
-def device_name(device: torch.device) -> str:
-    """GPU name, or the CPU model from /proc/cpuinfo (with the thread count)."""
-    import torch
-
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    model = platform.processor() or "CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{model} ({torch.get_num_threads()} threads)"
-
-
 def _betas(m: int) -> tuple[float, ...]:
     """m β values spread geometrically over [0.01, 3] (the paper's range, roughly)."""
     return tuple(0.01 * 300 ** (i / max(m - 1, 1)) for i in range(m))
-
-
-def _sync(device: torch.device) -> None:
-    import torch
-
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def matmul_peak(device: torch.device, n: int | None = None, repeats: int = 5) -> float:
-    """Measured dense fp32 matmul FLOP/s (2 n³ per product; TF32 on CUDA as in training)."""
-    import torch
-
-    n = n or (8192 if device.type == "cuda" else 2048)
-    a, b = (torch.randn(n, n, device=device) for _ in range(2))
-    return 2 * n**3 / _best_seconds(lambda: a @ b, device, repeats)
-
-
-def copy_bandwidth(device: torch.device, n_bytes: int | None = None, repeats: int = 5) -> float:
-    """Measured bytes/s of a device-to-device copy (bytes read + bytes written)."""
-    import torch
-
-    n_bytes = n_bytes or (2 << 30 if device.type == "cuda" else 256 << 20)
-    src = torch.empty(n_bytes // 4, device=device).uniform_()
-    dst = torch.empty_like(src)
-    return 2 * n_bytes / _best_seconds(lambda: dst.copy_(src), device, repeats)
-
-
-def _best_seconds(work: Callable[[], object], device: torch.device, repeats: int) -> float:
-    """Fastest of ``repeats`` timed calls of ``work`` (after one warm-up), synced."""
-    work()
-    _sync(device)
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        work()
-        _sync(device)
-        best = min(best, time.perf_counter() - t)
-    return best
-
-
-def mfu_ceiling(flops: float, n_bytes: float, peak: float, bandwidth: float) -> float:
-    """Roofline bound on the MFU of work of ``flops`` that must move ``n_bytes``."""
-    return flops / max(flops / peak, n_bytes / bandwidth) / peak
 
 
 # ---------------------------------------------------------------- the two trainers
@@ -262,7 +201,7 @@ def time_loop(case: Case, m: int, steps: int, warmup: int, images: np.ndarray,
     t0 = 0.0
     for step in range(warmup + steps):
         if step == warmup:
-            _sync(device)
+            synchronize(device)
             t0 = time.perf_counter()
         for net, opt, beta in zip(nets, opts, betas, strict=True):
             x = to_float(data[torch.randint(len(data), (batch,), device=device)])
@@ -271,7 +210,7 @@ def time_loop(case: Case, m: int, steps: int, warmup: int, images: np.ndarray,
             loss(net, x, beta, noise, spec.objective_options)["loss"].mean().backward()
             opt.step()
             opt.zero_grad()
-    _sync(device)
+    synchronize(device)
     return time.perf_counter() - t0
 
 
@@ -387,68 +326,6 @@ def add_ratios(row: dict, peak: float, bandwidth: float) -> dict:
     }
 
 
-def projection(rows: list[dict]) -> dict | None:
-    """Hours for the paper grid per paper architecture (rows of the ``paper`` cases only:
-    3×32×32, Bernoulli), at its largest measured group's speed (None unless there are paper
-    rows, all measured at the paper's batch size)."""
-    paper = [r for r in rows if r["case"] == "paper"]
-    if not paper or any(r["batch"] != BATCH for r in paper):
-        return None
-    hours = {}
-    for arch in dict.fromkeys(r["architecture"] for r in paper):
-        best = max((r for r in paper if r["architecture"] == arch), key=lambda r: r["models"])
-        hours[arch] = PAPER_MODEL_ITERATIONS / best["vectorised_its"] / 3600
-    return {
-        "model_iterations_per_architecture": PAPER_MODEL_ITERATIONS,
-        "hours": hours,
-        "total_hours": sum(hours.values()),
-    }
-
-
-def _its(value: float) -> str:
-    """model-it/s for the table: one decimal, three below 1 (kp-mnist on a CPU)."""
-    return f"{value:.1f}" if value >= 1 else f"{value:.3f}"
-
-
-def _table_row(r: dict) -> str:
-    case = Case(r["case"], r["architecture"], tuple(r["image_shape"]), r["likelihood"],
-                r["decoder_std"], r["architecture_options"])
-    return (f"| {case.architecture_label()} | {case.input_label()} | "
-            f"{case.likelihood_label()} | {r['models']} | {_its(r['vectorised_its'])} | "
-            f"{_its(r['loop_its'])} | {r['speedup']:.2f}× | {r['vectorised_tflops']:.3f} | "
-            f"{100 * r['vectorised_mfu']:.1f} % | {100 * r['mfu_ceiling']:.0f} % |")
-
-
-def markdown(result: dict) -> str:
-    """The README table of a result."""
-    bw = result.get("bandwidth_gbs")
-    lines = [
-        f"Device: {result['device_name']}; peak dense matmul "
-        f"{result['peak_tflops']:.2f} TFLOP/s"
-        + (f", copy bandwidth {bw:,.0f} GB/s" if bw else "")
-        + f"; batch {result['rows'][0]['batch'] if result['rows'] else BATCH}.",
-        "",
-        "| arch | input (C×H×W) | likelihood | M | vectorised it/s | loop it/s | speed-up "
-        "| vec TFLOP/s | vec MFU | param-traffic MFU ceiling |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
-        *(_table_row(r) for r in result["rows"]),
-    ]
-    proj = result["projection"]
-    if proj is None:
-        lines += ["", f"No paper grid projection: it needs the paper rows (3×32×32, "
-                      f"Bernoulli) at the paper's batch of {BATCH}."]
-    else:
-        parts = ", ".join(f"{a} {h:,.0f} h" for a, h in proj["hours"].items())
-        lines += [
-            "",
-            f"Paper grid projection (paper rows only; groups of 60 at the largest measured "
-            f"M's speed): {parts}; total {proj['total_hours']:,.0f} h on this device"
-            + (" (--quick: narrowed layers, not the paper's networks)."
-               if result.get("quick") else "."),
-        ]
-    return "\n".join(lines)
-
-
 def _measure_case(case: Case, args: argparse.Namespace, device: torch.device) -> list[dict]:
     """Every group size's row of one case, printed as it is measured."""
     images = case_images(case)
@@ -466,6 +343,7 @@ def _measure_case(case: Case, args: argparse.Namespace, device: torch.device) ->
 def main(args: argparse.Namespace) -> int:
     import torch
 
+    from benchmark.bench_table import markdown, projection
     from benchmark.trainer import _setup_device
     from rdbench.device import resolve_device
 

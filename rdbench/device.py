@@ -33,3 +33,31 @@ def resolve_device(name: str) -> torch.device:
             raise InputError(f"device {name} does not exist "
                              f"({torch.cuda.device_count()} CUDA device(s))")
     return device
+
+
+def device_name(device: torch.device) -> str:
+    """GPU name, or the CPU model from /proc/cpuinfo with the thread count (for benches)."""
+    import platform
+    from pathlib import Path
+
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    model = platform.processor() or platform.machine() or "CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{model} ({torch.get_num_threads()} threads)"
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (a no-op on the CPU): for timings."""
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

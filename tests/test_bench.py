@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from benchmark import bench
+from benchmark import bench, bench_table
 from rdbench.io import InputError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -35,10 +35,10 @@ def test_projection_known_answers():
             # other cases of the same network never enter the paper grid's projection
             _row(models=100, its=1.0, case="likelihoods", likelihood="gaussian", std=0.1),
             _row("cnn1", models=60, its=1.0, case="shapes", shape=(1, 28, 28))]
-    proj = bench.projection(rows)
+    proj = bench_table.projection(rows)
     assert proj["hours"] == {"mlp1": pytest.approx(1.0)}  # the largest paper group is used
-    assert bench.projection([_row(batch=1024)]) is None  # the paper grid is at batch 128
-    assert bench.projection(rows[2:]) is None  # no paper rows
+    assert bench_table.projection([_row(batch=1024)]) is None  # the paper grid is at batch 128
+    assert bench_table.projection(rows[2:]) is None  # no paper rows
     assert bench._betas(3) == pytest.approx((0.01, (0.01 * 3) ** 0.5, 3.0))
 
 
@@ -61,8 +61,8 @@ def test_markdown_table():
              std="learned", options={"width": 0.05}),
         _row(models=4, its=50.0, case="likelihoods", likelihood="gaussian", std=0.1))]
     result = {"device_name": "Test GPU", "peak_tflops": 1.0, "bandwidth_gbs": 100.0,
-              "rows": rows, "projection": bench.projection(rows)}
-    text = bench.markdown(result)
+              "rows": rows, "projection": bench_table.projection(rows)}
+    text = bench_table.markdown(result)
     assert "Test GPU; peak dense matmul 1.00 TFLOP/s, copy bandwidth 100 GB/s; batch 128" in text
     row = "| mlp1 | 3×32×32 | bernoulli | 60 | 50.0 | 25.0 | 2.00× | 0.050 | 5.0 % | 10 % |"
     assert row in text
@@ -71,7 +71,7 @@ def test_markdown_table():
     hours = bench.PAPER_MODEL_ITERATIONS / 50 / 3600
     assert f"mlp1 {hours:,.0f} h; total {hours:,.0f} h" in text  # the paper row only
     result["projection"] = None
-    assert "No paper grid projection" in bench.markdown(result)
+    assert "No paper grid projection" in bench_table.markdown(result)
 
 
 def test_case_sets_and_quick_narrowing():
