@@ -712,6 +712,16 @@ def test_a_write_failing_in_a_loky_worker_is_one_line(tiny_dataset, tmp_path):
                          "to resume from when the grid runs again"), line
 
 
+def _one_trained_run(dataset: Path, tmp_path: Path) -> tuple[Path, Path, Path]:
+    """(grid, runs directory, run directory) of one β-VAE trained for 2 iterations."""
+    config = _write_grid(tmp_path / "g.toml", dataset, betas=[1.0], seeds=[0],
+                         iterations=2, log_every=1, checkpoint_every=2)
+    out = tmp_path / "runs"
+    assert main(["train", str(config), "--out", str(out)]) == 0
+    (run_dir,) = runs_io.find_runs(out)
+    return config, out, run_dir
+
+
 def test_a_read_only_runs_directory_is_refused_before_any_work(tiny_dataset, tmp_path,
                                                                monkeypatch, capsys):
     config = _write_grid(tmp_path / "g.toml", tiny_dataset, betas=[1.0], seeds=[0],
@@ -765,11 +775,7 @@ def test_a_runs_directory_inside_another_output_is_refused(tiny_dataset, tmp_pat
 
 def test_a_run_directory_that_is_a_file_or_a_link_is_refused_before_any_work(
         tiny_dataset, tmp_path, capsys):
-    config = _write_grid(tmp_path / "g.toml", tiny_dataset, betas=[1.0], seeds=[0],
-                         iterations=2, log_every=1, checkpoint_every=2)
-    out = tmp_path / "runs"
-    assert main(["train", str(config), "--out", str(out)]) == 0
-    (run_dir,) = runs_io.find_runs(out)
+    config, out, run_dir = _one_trained_run(tiny_dataset, tmp_path)
     moved = tmp_path / "moved"
     run_dir.rename(moved)
     run_dir.write_text("mine")
@@ -791,11 +797,7 @@ def test_a_run_directory_that_is_a_file_or_a_link_is_refused_before_any_work(
 def test_read_only_run_files_and_directories(tiny_dataset, tmp_path, monkeypatch, capsys):
     """A read-only status.json is replaced like any run file (a rename needs only the
     directory); a read-only run directory is refused before any work."""
-    config = _write_grid(tmp_path / "g.toml", tiny_dataset, betas=[1.0], seeds=[0],
-                         iterations=2, log_every=1, checkpoint_every=2)
-    out = tmp_path / "runs"
-    assert main(["train", str(config), "--out", str(out)]) == 0
-    (run_dir,) = runs_io.find_runs(out)
+    config, out, run_dir = _one_trained_run(tiny_dataset, tmp_path)
     (run_dir / "model.pt").unlink()
     runs_io.write_status(run_dir, "pending", 0)
     (run_dir / "status.json").chmod(0o444)
@@ -817,11 +819,7 @@ def test_read_only_run_files_and_directories(tiny_dataset, tmp_path, monkeypatch
 
 def test_a_checkpoint_of_another_shape_stops_the_resume_with_one_line(tiny_dataset, tmp_path,
                                                                       capsys):
-    config = _write_grid(tmp_path / "g.toml", tiny_dataset, betas=[1.0], seeds=[0],
-                         iterations=2, log_every=1, checkpoint_every=2)
-    out = tmp_path / "runs"
-    assert main(["train", str(config), "--out", str(out)]) == 0
-    (run_dir,) = runs_io.find_runs(out)
+    config, out, run_dir = _one_trained_run(tiny_dataset, tmp_path)
     (run_dir / "model.pt").unlink()
     runs_io.write_status(run_dir, "running", 2)
     torch.save({"encoder.1.weight": torch.zeros(2)}, run_dir / "checkpoint.pt")  # a state dict
