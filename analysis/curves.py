@@ -26,14 +26,13 @@ IDENTITY = ("run_id", "split", "architecture", "objective", "beta", "seed")
 
 
 def collect_histories(runs: pd.DataFrame, runs_dir: Path) -> pd.DataFrame:
-    """One row per run and logged iteration: the run's keys (the runs table's columns up to
-    ``beta``/``seed`` and its variant columns), then ``iteration`` and the history's values
-    (``val_*`` where the run had a validation set). Runs without a readable history are left
-    out with one warning line."""
+    """One row per run and logged iteration: the run's keys (:func:`run_keys`), then
+    ``iteration`` and the history's values (``val_*`` where the run had a validation set).
+    Runs without a readable history are left out with one warning line."""
     from benchmark.runs import read_history
     from rdbench.io import InputError
 
-    keys = [c for c in runs.columns if c in IDENTITY or c in _variant_columns(runs)]
+    keys = run_keys(runs)
     per_run = runs.drop_duplicates("run_id")[keys]
     frames = []
     for row in per_run.itertuples(index=False):
@@ -53,10 +52,15 @@ def collect_histories(runs: pd.DataFrame, runs_dir: Path) -> pd.DataFrame:
     return table[[*keys, *(c for c in table.columns if c not in keys)]]
 
 
-def _variant_columns(runs: pd.DataFrame) -> list[str]:
-    from analysis.tables import option_columns
+def run_keys(runs: pd.DataFrame) -> list[str]:
+    """What tells apart runs in training: the runs table's columns up to ``beta``/``seed``,
+    its objective options and the training settings that differ, never the estimator
+    settings of their metrics (runs evaluated with other settings, or not yet, trained
+    alike)."""
+    from analysis.tables import ESTIMATOR_SETTINGS, option_columns
 
-    return option_columns(runs)
+    variants = set(option_columns(runs)) - set(ESTIMATOR_SETTINGS)
+    return [c for c in runs.columns if c in IDENTITY or c in variants]
 
 
 def curve_groups(histories: pd.DataFrame) -> list[tuple[tuple, pd.DataFrame]]:
@@ -156,28 +160,34 @@ def _spans_decades(values: pd.Series) -> bool:
     return not finite.empty and finite.max() > 100 * max(finite.min(), 1.0)
 
 
+STOPPING = ("best_iteration", "stopped", "iterations")
+
+
 def stopping_table(runs: pd.DataFrame, runs_dir: Path) -> pd.DataFrame:
-    """Per run with a validation set: its best validation iteration and (patience) the
-    iteration early stopping ended it, read from ``status.json``."""
+    """Per run with a validation set: its keys (:func:`run_keys`), its best validation
+    iteration and (patience) the iteration early stopping ended it, from ``status.json``."""
     from rdbench.io import json_or_none
 
+    keys = run_keys(runs)
     rows = []
-    for row in runs.drop_duplicates("run_id").itertuples(index=False):
-        status = json_or_none(Path(runs_dir) / row.run_id / "status.json")
+    for row in runs.drop_duplicates("run_id")[keys].itertuples(index=False):
+        run = dict(zip(keys, row, strict=True))
+        status = json_or_none(Path(runs_dir) / run["run_id"] / "status.json")
         if isinstance(status, dict) and "best_iteration" in status:
-            rows.append({**{k: getattr(row, k) for k in IDENTITY},
-                         "best_iteration": status["best_iteration"],
+            rows.append({**run, "best_iteration": status["best_iteration"],
                          "stopped": status.get("stopped"),
                          "iterations": status.get("iteration", math.nan)})
-    return pd.DataFrame(rows, columns=[*IDENTITY, "best_iteration", "stopped", "iterations"])
+    return pd.DataFrame(rows, columns=[*keys, *STOPPING])
 
 
 @styled
 def plot_rd_early_stopping(summary: pd.DataFrame, best: pd.DataFrame, stopping: pd.DataFrame,
                            split: str, architecture: str, stem: Path) -> FigureResult:
     """Bozkurt et al.'s appendix figure: the RD curves of the final weights beside those of
-    each run's best validation checkpoint (early stopping), train and test; the early-stopped
-    points are labelled with β and the mean iteration their checkpoint is from."""
+    each run's best validation checkpoint (early stopping), train and test, of one dataset
+    (its tables, as :func:`analysis.report` makes them per dataset); the early-stopped points
+    are labelled with β and the mean iteration over seeds their checkpoint is from, of the
+    runs of the curve drawn (its objective and variant)."""
     from analysis.figures_rd import (
         _freeze_limits,
         _label_axes,
@@ -197,8 +207,7 @@ def plot_rd_early_stopping(summary: pd.DataFrame, best: pd.DataFrame, stopping: 
     if early.empty:
         return Skipped(f"no best-checkpoint metrics for {split} / {architecture} (train with "
                        "`validation = N`, then `rdbench evaluate --checkpoint best`)")
-    when = stopping[(stopping["split"] == split) & (stopping["architecture"] == architecture)]
-    iteration = when.groupby("beta")["best_iteration"].mean()
+    iteration = _drawn(stopping, early).groupby("beta")["best_iteration"].mean()
     fig, axes = figure(1, 2, width=3.7, height=3.3)
     for ax, set_name in zip(axes[0], ("train", "test"), strict=True):
         draw_rd_curve(ax, final[final["set"] == set_name], colour=color(0), label=None)
@@ -218,6 +227,16 @@ def plot_rd_early_stopping(summary: pd.DataFrame, best: pd.DataFrame, stopping: 
     finish(fig, handles + _marker_legend(), f"Early stopping · {split_label(summary, split)} · "
            f"{architecture}", ncol=2)
     return save(fig, stem)
+
+
+def _drawn(stopping: pd.DataFrame, curve: pd.DataFrame) -> pd.DataFrame:
+    """The rows of ``stopping`` of the runs of one drawn curve: its split, architecture,
+    objective and the values of its variant columns (one per column along a curve)."""
+    drawn = stopping
+    for column in (c for c in curve.columns if c in stopping.columns and c != "beta"):
+        value = curve[column].iloc[0]
+        drawn = drawn[drawn[column].isna() if pd.isna(value) else drawn[column] == value]
+    return drawn
 
 
 def _short(iteration: float) -> str:

@@ -12,7 +12,8 @@ A run whose metrics were made with other values of the settings that change the 
 evaluated again, so a runs directory never mixes them silently. Options whose absurd values
 would exhaust memory or time are refused beyond stated bounds (``MAX_*``).
 
-Per dataset and split: ``RUNS_DIR/neighbours/<split>.<fingerprint>.npz`` (DESIGN.md) with
+Per dataset and split: ``RUNS_DIR/neighbours/<split>.<fingerprint>.npz`` (DESIGN.md; for
+runs that record no dataset fingerprint, ``<split>.npz``) with
 the ℓ₂ distance (pixels in [0, 1]) of a seeded subset of ``--nn-subset`` test images to the
 whole train set, and the ``nn_subset`` and ``dataset_fingerprint`` it was made with
 (recomputed when they differ).
@@ -92,8 +93,8 @@ def main(args: argparse.Namespace) -> int:
                   for c in checkpoints]
     datasets, stale_neighbours = check_inputs(runs_dir, selections, settings, args.force)
     _remove_leftovers(runs_dir, selections[0].done)  # the first write: everything is checked
-    for path, split in stale_neighbours:
-        write_neighbours(runs_dir, datasets[path], split, settings, device)
+    for path, split, fingerprint in stale_neighbours:
+        write_neighbours(runs_dir, datasets[path], split, settings, device, fingerprint)
     for selection in selections:
         groups = _group(selection.todo)
         for key, members in tqdm(groups.items(), desc=f"groups ({selection.checkpoint})",
@@ -222,12 +223,12 @@ def check_config(run_dir: Path, config: object) -> dict[str, Any]:
 
 
 def check_inputs(runs_dir: Path, selections: list[Selection], settings: EvalSettings,
-                 force: bool) -> tuple[dict[str, Any], list[tuple[str, str]]]:
+                 force: bool) -> tuple[dict[str, Any], list[tuple[str, str, str | None]]]:
     """Everything evaluate can refuse, before it writes: the neighbours directory, every
     dataset it needs (verified), fingerprints, splits and their sizes, objectives and model
     files, for every checkpoint asked for. Returns (dataset path -> dataset, the (dataset,
-    split) whose neighbours to write: those of the runs to evaluate with ``force``, else the
-    ones not current)."""
+    split, the runs' recorded fingerprint) whose neighbours to write: those of the runs to
+    evaluate with ``force``, else the ones not current)."""
     neighbours = runs_dir / "neighbours"
     if neighbours.exists() and not neighbours.is_dir():
         raise InputError(f"{neighbours} is not a directory (evaluate writes the nearest-"
@@ -235,13 +236,14 @@ def check_inputs(runs_dir: Path, selections: list[Selection], settings: EvalSett
     done, moved = selections[0].done, selections[0].dataset
     by_dataset = {(c["dataset"], c["split"]): c.get("dataset_fingerprint") for _, c in done}
     needed = {(c["dataset"], c["split"]) for s in selections for _, c in s.todo}
-    stale = sorted(key for key, fingerprint in by_dataset.items()
+    stale = sorted((*key, fingerprint) for key, fingerprint in by_dataset.items()
                    if (force and key in needed)
                    or not _neighbours_current(neighbours, key[1], fingerprint, settings))
+    to_check = needed | {(path, split) for path, split, _ in stale}
     datasets: dict[str, Any] = {}
-    for path in sorted({p for p, _ in needed | set(stale)} | {moved} - {None}):
+    for path in sorted({p for p, _ in to_check} | {moved} - {None}):
         datasets[path] = _load_dataset(path)  # --dataset even with nothing left to do
-    for path, split in sorted(needed | set(stale)):
+    for path, split in sorted(to_check):
         _check_split(datasets[path], path, split, settings)
     for run_dir, config in done:
         if config["dataset"] in datasets:
@@ -318,41 +320,46 @@ def _group(todo: list[tuple[Path, dict]]) -> dict[tuple, list[tuple[Path, dict]]
 
 def _remove_leftovers(runs_dir: Path, done: list[tuple[Path, dict]]) -> None:
     """Remove the temporary files killed writes of an earlier evaluate left: of
-    ``metrics.json`` in the run directories and of ``<split>.npz`` in ``neighbours/``
-    (:func:`rdbench.io.remove_temporary_files`: only rdbench's signed names whose lock is
-    free, so never a live write of another evaluate, nor a user's look-alike)."""
+    ``metrics.json`` in the run directories and of the :func:`neighbours_name` files in
+    ``neighbours/`` (:func:`rdbench.io.remove_temporary_files`: only rdbench's signed names
+    whose lock is free, so never a live write of another evaluate, nor a user's look-alike)."""
     for run_dir, _ in done:
         for name in METRICS_FILES.values():
             remove_temporary_files(run_dir, name)
-    for key in sorted({(c.get("dataset_fingerprint"), c["split"]) for _, c in done}):
-        remove_temporary_files(runs_dir / "neighbours", neighbours_name(*key))
+    for name in sorted({neighbours_name(c.get("dataset_fingerprint"), c["split"])
+                        for _, c in done}):
+        remove_temporary_files(runs_dir / "neighbours", name)
 
 
 # --- nearest neighbours ------------------------------------------------------------------
 
 def neighbours_name(fingerprint: str | None, split: str) -> str:
-    """``<split>.<fingerprint>.npz``: one file per dataset and split (several datasets may
-    have splits of one name); ``<split>.npz`` for runs recorded without a fingerprint."""
+    """The one name of a split's neighbours file for runs whose config records
+    ``fingerprint`` (looked up, written and cleaned up under it): ``<split>.<fingerprint>.npz``,
+    one per dataset and split (several datasets may have splits of one name); ``<split>.npz``
+    for runs recorded without a fingerprint (older versions)."""
     return f"{split}.{fingerprint}.npz" if fingerprint else f"{split}.npz"
 
 
 def _neighbours_current(directory: Path, split: str, fingerprint: str | None,
                         settings: EvalSettings) -> bool:
-    """Whether the split's file was made with this ``--nn-subset`` on the runs' dataset."""
+    """Whether the split's file was made with this ``--nn-subset`` on the runs' dataset (on
+    the dataset at their path, for runs that record no fingerprint: nothing to compare)."""
     try:
         with np.load(directory / neighbours_name(fingerprint, split),
                      allow_pickle=False) as f:
             return (int(f["nn_subset"]) == settings.nn_subset
-                    and str(f["dataset_fingerprint"]) == fingerprint)
+                    and fingerprint in (None, str(f["dataset_fingerprint"])))
     except Exception:  # absent, older (no settings), damaged: not current
         return False
 
 
 def write_neighbours(runs_dir: Path, data: Any, split: str, settings: EvalSettings,
-                     device: torch.device) -> Path:
-    """``RUNS_DIR/neighbours/<split>.npz`` (:func:`analysis.metrics.neighbour_arrays`)."""
+                     device: torch.device, fingerprint: str | None) -> Path:
+    """``RUNS_DIR/neighbours/`` + :func:`neighbours_name` of the runs' recorded
+    ``fingerprint`` (:func:`analysis.metrics.neighbour_arrays`, made on ``data``)."""
     arrays = neighbour_arrays(data, split, settings, device)
-    path = atomic_write(runs_dir / "neighbours" / neighbours_name(data.fingerprint, split),
+    path = atomic_write(runs_dir / "neighbours" / neighbours_name(fingerprint, split),
                         lambda f: np.savez(f, **arrays))
     legacy = runs_dir / "neighbours" / f"{split}.npz"  # an earlier version's name: replaced
     if legacy != path and legacy.is_file() and not legacy.is_symlink():

@@ -18,6 +18,7 @@ import pandas as pd
 from matplotlib.lines import Line2D
 
 from analysis.figures_rd import (
+    _main,
     comparison_splits,
     finish,
     main_objective,
@@ -45,16 +46,16 @@ from analysis.plot_style import (
     save,
     styled,
 )
-from analysis.tables import evaluated
+from analysis.tables import evaluated, summarise
 from imagesets import figures as dataset_figures
 from imagesets.figures import show_image
 from rdbench.io import within
 
 __all__ = [
-    "comparison_splits", "load_neighbours", "neighbours_of", "plot_dataset_samples",
-    "plot_mi_kl", "plot_nn_distances", "plot_paper_splits", "plot_rd", "plot_rd_datasets",
-    "plot_rd_mlp_vs_cnn", "plot_rd_objectives", "plot_rd_sizes", "plot_rd_splits",
-    "plot_reconstructions", "plot_split_picture", "split_label",
+    "comparison_splits", "load_neighbours", "main_objective", "neighbours_of",
+    "plot_dataset_samples", "plot_mi_kl", "plot_nn_distances", "plot_paper_splits", "plot_rd",
+    "plot_rd_datasets", "plot_rd_mlp_vs_cnn", "plot_rd_objectives", "plot_rd_sizes",
+    "plot_rd_splits", "plot_reconstructions", "plot_split_picture", "split_label",
 ]
 
 Neighbours = Mapping[str, Mapping[str, np.ndarray]]
@@ -196,10 +197,19 @@ def reconstruct(model: object, image: np.ndarray) -> np.ndarray:
 
 
 def reconstruction_runs(runs: pd.DataFrame, split: str, architecture: str) -> pd.DataFrame:
-    """One run per β (the smallest seed among finished runs of the main objective)."""
+    """One run per β of the curve :func:`plot_rd` draws for the split and architecture (the
+    main objective's runs without options, else its most common variant): its smallest seed
+    among the finished runs."""
     done = evaluated(runs)
-    done = done[(done["split"] == split) & (done["architecture"] == architecture)
-                & (done["objective"] == main_objective(done)) & (done["set"] == "test")]
+    done = done[(done["split"] == split) & (done["architecture"] == architecture)]
+    shown = _main(summarise(evaluated(runs))) if not done.empty else done
+    shown = shown[(shown["split"] == split) & (shown["architecture"] == architecture)]
+    if shown.empty:
+        return done.iloc[:0]
+    done = done[done["set"] == "test"]
+    for column in variant_columns(shown):  # one value along a curve
+        value = shown[column].iloc[0]
+        done = done[done[column].isna() if pd.isna(value) else done[column] == value]
     return done.sort_values(["beta", "seed"]).groupby("beta", as_index=False).first()
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from collections.abc import Mapping
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -385,18 +386,19 @@ def _variant_handle(rows: pd.DataFrame, cols: list[str], k: int, label: str) -> 
 
 
 @styled
-def plot_rd_datasets(summary: pd.DataFrame, stem: Path) -> FigureResult:
+def plot_rd_datasets(summaries: Mapping[str, pd.DataFrame], stem: Path) -> FigureResult:
     """Bozkurt et al.'s Fig. 7: test RD curves, a panel per dataset, one curve per
-    architecture (1-layer vs 3-layer networks), each on its split."""
-    if "dataset" not in summary.columns:
-        return Skipped("the runs are on one dataset (Fig. 7 compares several)")
-    datasets = sorted(summary["dataset"].dropna().unique())
+    architecture (1-layer vs 3-layer networks), each on its split. ``summaries``: each
+    dataset's summary by its label (the report's: the directory name, with 6 digits of the
+    fingerprint where two datasets share one)."""
     per_dataset = {}
-    for dataset in datasets:  # each dataset's own main curves (its variants are its own)
-        own = summary[summary["dataset"] == dataset].drop(
-            columns=[c for c in ("dataset", "dataset_fingerprint") if c in summary.columns])
-        main = _main(own)
-        per_dataset[dataset] = main[main["set"] == "test"]
+    for dataset, own in summaries.items():  # each dataset's own main curves
+        main = _main(own) if not own.empty else own
+        if not main.empty:
+            per_dataset[dataset] = main[main["set"] == "test"]
+    if len(per_dataset) < 2:
+        return Skipped("the runs are on one dataset (Fig. 7 compares several)")
+    datasets = list(per_dataset)
     archs = arch_order(pd.concat(per_dataset.values())["architecture"])
     ncols = min(4, len(datasets))
     fig, axes = figure(-(-len(datasets) // ncols), ncols, width=3.3, height=3.1)

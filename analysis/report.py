@@ -27,6 +27,7 @@ from analysis.tables import (
     collect_runs,
     display_table,
     evaluated,
+    format_cell,
     summarise,
     to_latex,
     to_markdown,
@@ -65,15 +66,17 @@ def build_report(runs_dir: str | Path, out_dir: str | Path | None = None,
     runs = collect_runs(runs_dir)
     check_output_dir(out, force, kind="report", inputs=[runs_dir])
     summary = summarise(runs)
-    best_runs = collect_runs(runs_dir, checkpoint="best")
+    best_runs = _with_dataset_columns(collect_runs(runs_dir, checkpoint="best"), runs)
     best = summarise(best_runs) if not evaluated(best_runs).empty else pd.DataFrame()
     histories, stopping = collect_histories(runs, runs_dir), stopping_table(runs, runs_dir)
     with staged_directory(out, force, kind="report") as tmp:
         _write_tables(runs, summary, tmp)
         _write_training_tables(best_runs, best, histories, stopping, tmp)
+        views = _dataset_views(runs_dir, summary)
         blocks = _overview(runs, summary)
-        blocks += _figure_blocks(runs, summary, runs_dir, tmp / "figures")
-        blocks += _training_blocks(summary, best, histories, stopping, tmp / "figures")
+        blocks += _figure_blocks(runs, summary, runs_dir, views, tmp / "figures")
+        blocks += _training_blocks(views, summary, best, histories, stopping,
+                                   tmp / "figures")
         blocks += _kp_blocks(runs_dir, tmp / "figures")
         blocks += [Heading("Summary table"), Paragraph(_SUMMARY_NOTE),
                    Table(display_table(summary))]
@@ -142,25 +145,30 @@ def _draw(name: str, caption: str, draw: Callable[[Path], FigureResult], out: Pa
 
 
 def _figure_blocks(runs: pd.DataFrame, summary: pd.DataFrame, runs_dir: Path,
-                   out: Path) -> list[Block]:
+                   views: list[_DatasetView], out: Path) -> list[Block]:
     """The figures of every dataset of the runs (a section each when there are several),
     then Bozkurt et al.'s Fig. 7 across them."""
     neighbours, notes = figures.load_neighbours(runs_dir)
     for note in notes:
         print(f"rdbench report: warning: neighbours: {note}", file=sys.stderr)
-    views = _dataset_views(runs_dir, summary)
     blocks: list[Block] = [Paragraph(f"Note: {n}") for n in notes]
     for view in views:
         if len(views) > 1:
             blocks.append(Heading(f"Dataset {view.name}"))
         blocks += _dataset_section(view, _of(runs, view), _of(summary, view), runs_dir,
                                    figures.neighbours_of(neighbours, view.fingerprint),
-                                   out, suffix=f"_{view.name}" if len(views) > 1 else "")
+                                   out, suffix=_suffix(view, views))
     if len(views) > 1:
+        per_dataset = {view.name: _of(summary, view) for view in views}
         blocks += [Heading("Across datasets (Bozkurt et al. Fig. 7)"),
                    _draw("rd_datasets", _DATASETS,
-                         lambda s: figures.plot_rd_datasets(summary, s), out)]
+                         lambda s: figures.plot_rd_datasets(per_dataset, s), out)]
     return blocks
+
+
+def _suffix(view: _DatasetView, views: list[_DatasetView]) -> str:
+    """``_<dataset>`` in the names of a dataset's figures when the runs are on several."""
+    return f"_{view.name}" if len(views) > 1 else ""
 
 
 @dataclass
@@ -194,6 +202,18 @@ def _dataset_views(runs_dir: Path, summary: pd.DataFrame) -> list[_DatasetView]:
         data, note = _load_checked(path, fingerprint)
         views.append(_DatasetView(label, fingerprint, data, note))
     return views
+
+
+def _with_dataset_columns(table: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
+    """``table`` (the best checkpoints' runs, a subset of ``runs``) with the columns that
+    tell datasets apart in ``runs``: it drops them where its own runs are on one dataset,
+    and :func:`_of` needs them to tell which one."""
+    missing = [c for c in ("dataset", "dataset_fingerprint")
+               if c in runs.columns and c not in table.columns]
+    if not missing:
+        return table
+    ids = runs.drop_duplicates("run_id").set_index("run_id")[missing]
+    return table.join(ids, on="run_id")
 
 
 def _of(table: pd.DataFrame, view: _DatasetView) -> pd.DataFrame:
@@ -252,26 +272,19 @@ def _dataset_section(view: _DatasetView, runs: pd.DataFrame, summary: pd.DataFra
     return blocks + _dataset_blocks(view, sorted(summary["split"].unique()), out, suffix)
 
 
-def _training_blocks(summary: pd.DataFrame, best: pd.DataFrame, histories: pd.DataFrame,
-                     stopping: pd.DataFrame, out: Path) -> list[Block]:
+def _training_blocks(views: list[_DatasetView], summary: pd.DataFrame, best: pd.DataFrame,
+                     histories: pd.DataFrame, stopping: pd.DataFrame,
+                     out: Path) -> list[Block]:
     """Training curves per split × architecture × objective, and where runs had a validation
     set the early-stopped RD curves beside the final ones with their stopping iterations."""
-    from analysis.curves import (
-        curve_groups,
-        curve_name,
-        plot_rd_early_stopping,
-        plot_training_curves,
-    )
+    from analysis.curves import curve_groups, curve_name, plot_training_curves
 
     blocks: list[Block] = []
     if not best.empty:  # the best checkpoints' summary
         blocks += [Heading("Early stopping (Bozkurt et al., appendix)"), Paragraph(_EARLY)]
-        for split, arch in _pairs(best):
-            def early(stem: Path, split: str = split, arch: str = arch) -> FigureResult:
-                return plot_rd_early_stopping(summary, best, stopping, split, arch, stem)
-
-            blocks.append(_draw(f"rd_early_stopping_{split}_{arch}", _EARLY_FIG, early, out))
-        blocks.append(Table(_stopping_display(stopping)))
+        for view in views:
+            blocks += _early_stopping_blocks(view, _of(summary, view), _of(best, view),
+                                             _of(stopping, view), out, _suffix(view, views))
     if histories.empty:
         return blocks
     blocks += [Heading("Training curves"), Paragraph(_CURVES)]
@@ -288,18 +301,40 @@ def _training_blocks(summary: pd.DataFrame, best: pd.DataFrame, histories: pd.Da
     return blocks
 
 
+def _early_stopping_blocks(view: _DatasetView, summary: pd.DataFrame, best: pd.DataFrame,
+                           stopping: pd.DataFrame, out: Path, suffix: str) -> list[Block]:
+    """One dataset's early-stopping figures (``suffix`` in their names when there are
+    several datasets) and stopping table; nothing for a dataset without a validation set."""
+    from analysis.curves import plot_rd_early_stopping
+
+    if best.empty and stopping.empty:
+        return []
+    blocks: list[Block] = [Heading(f"Dataset {view.name}", level=3)] if suffix else []
+    for split, arch in _pairs(best) if not best.empty else []:
+        def early(stem: Path, split: str = split, arch: str = arch) -> FigureResult:
+            return plot_rd_early_stopping(summary, best, stopping, split, arch, stem)
+
+        blocks.append(_draw(f"rd_early_stopping_{split}_{arch}{suffix}", _EARLY_FIG, early,
+                            out))
+    return [*blocks, Table(_stopping_display(stopping))] if not stopping.empty else blocks
+
+
 def _stopping_display(stopping: pd.DataFrame) -> pd.DataFrame:
-    """Per split × architecture × objective × β: the mean iteration of the best validation
-    checkpoint (± std over seeds) and how many runs early stopping ended."""
-    keys = ["split", "architecture", "objective", "beta"]
-    grouped = stopping.groupby(keys, sort=True)
+    """Per split × architecture × objective × variant × β: the mean iteration of the best
+    validation checkpoint (± std over seeds) and how many runs early stopping ended."""
+    from analysis.curves import IDENTITY, STOPPING
+
+    variants = [c for c in stopping.columns if c not in (*IDENTITY, *STOPPING)]
+    keys = ["split", "architecture", "objective", *variants, "beta"]
+    grouped = stopping.groupby(keys, sort=True, dropna=False)
     table = grouped.agg(best=("best_iteration", "mean"), std=("best_iteration", "std"),
                         seeds=("seed", "nunique"),
                         stopped=("stopped", lambda s: int(s.notna().sum()))).reset_index()
     table["best checkpoint (iteration)"] = [
         f"{m:,.0f}" + ("" if np.isnan(sd) else f" ± {sd:,.0f}")
         for m, sd in zip(table["best"], table["std"], strict=True)]
-    table["beta"] = [f"{b:g}" for b in table["beta"]]
+    for key in ("beta", *variants):
+        table[key] = [format_cell(v) for v in table[key]]
     return table[[*keys, "best checkpoint (iteration)", "seeds", "stopped"]].rename(
         columns={"stopped": "stopped early"})
 

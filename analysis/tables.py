@@ -214,15 +214,15 @@ def display_table(summary: pd.DataFrame) -> pd.DataFrame:
     keys = [c for c in summary.columns
             if c not in ("n_seeds", "n_train", "n", "set_size")
             and not c.endswith(("_mean", "_std"))]
-    out = pd.DataFrame({k: [_cell(v) for v in summary[k]] for k in keys})
-    out["seeds"] = [_cell(v) for v in summary["n_seeds"]]
+    out = pd.DataFrame({k: [format_cell(v) for v in summary[k]] for k in keys})
+    out["seeds"] = [format_cell(v) for v in summary["n_seeds"]]
     for m in SUMMARY_METRICS:
         mean, std = summary[f"{m}_mean"], summary[f"{m}_std"]
         out[METRIC_LABELS[m]] = [_mean_std(a, b) for a, b in zip(mean, std, strict=True)]
     return out
 
 
-def _cell(value: object) -> str:
+def format_cell(value: object) -> str:
     """A key cell: missing as an en dash, whole floats without ``.0``, β as ``%g``."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"

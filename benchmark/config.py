@@ -21,7 +21,10 @@ from benchmark.models import MAX_LATENT_DIM
 from rdbench.io import InputError
 
 PRECISIONS = ("fp32", "bf16")
-_DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
+# What rdbench.device.resolve_device takes: torch's device index is an int8 (cuda:128 wraps
+# to cuda:-128), and it refuses a leading zero; mps and other device types are unsupported.
+_DEVICE = re.compile(r"auto|cpu|cuda(:(0|[1-9][0-9]{0,2}))?", re.ASCII)
+_MAX_CUDA_INDEX = 127
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 _FLOAT32_TINY = 1.1754943508222875e-38  # torch.finfo(torch.float32).tiny: smallest normal
@@ -298,6 +301,12 @@ def _check_names(source: str, what: str, given: tuple[str, ...], valid: tuple[st
 def parse_devices(spec: str) -> list[str]:
     """``"auto"``, ``"cpu"``, ``"cuda:1"`` or a comma list ``"cuda:0,cuda:1"`` → device names."""
     devices = [d.strip() for d in spec.split(",") if d.strip()]
-    if not devices or not all(_DEVICE.match(d) for d in devices):
-        raise InputError(f"invalid device {spec!r}; use auto, cpu, cuda, cuda:N or a comma list")
+    if not devices or not all(_valid_device(d) for d in devices):
+        raise InputError(f"invalid device {spec!r}; use auto, cpu, cuda, cuda:N "
+                         f"(N from 0 to {_MAX_CUDA_INDEX}) or a comma list")
     return devices
+
+
+def _valid_device(name: str) -> bool:
+    match = _DEVICE.fullmatch(name)
+    return match is not None and int(match.group(2) or 0) <= _MAX_CUDA_INDEX

@@ -69,6 +69,8 @@ def test_paper_and_demo_presets_parse():
      ({"log_every": -5}, "log_every must be an integer from 1"),
      ({"learning_rate": "fast"}, "learning_rate must be float"),
      ({"device": "tpu"}, "invalid device"),
+     ({"device": "mps"}, "invalid device 'mps'"),
+     ({"device": "cuda,mps"}, "invalid device 'cuda,mps'"),
      ({"precision": "fp8"}, "precision must be one of"),
      ({"likelihood": "poisson"}, "unknown likelihood 'poisson'"),
      ({"likelihood": "gaussian"}, "needs decoder_std"),
@@ -174,6 +176,41 @@ def test_unreadable_grid_files_are_one_line_and_never_block(tmp_path, monkeypatc
 def test_devices():
     assert parse_devices("cuda:0,cuda:1") == ["cuda:0", "cuda:1"]
     assert parse_devices("auto") == ["auto"]
+
+
+@pytest.mark.parametrize("name", ["auto", "cpu", "cuda", "cuda:0", "cuda:7", "cuda:127", "mps",
+                                  "xla", "meta", "cuda:x", "gpu", "cuda:01",
+                                  "cuda:2147483648"])
+def test_a_grid_device_is_one_resolve_device_takes(name):
+    """Every name the grid accepts, resolve_device takes (or refuses only for want of CUDA,
+    which training checks later, on the machine that trains); the rest are refused when the
+    grid is read."""
+    from rdbench.device import resolve_device
+
+    try:
+        accepted = parse_devices(name) == [name]
+    except InputError as e:
+        accepted = False
+        assert str(e).startswith(f"invalid device {name!r}")
+    try:
+        resolve_device(name)
+        resolved = True
+    except InputError as e:
+        resolved = "CUDA is not available" in str(e) or "does not exist" in str(e)
+    assert accepted == resolved
+
+
+def test_train_refuses_an_unsupported_device_in_one_line_exit_2(tmp_path, capsys):
+    """Before any dataset is opened (this one does not exist), from the file or --device."""
+    from rdbench.cli import main
+
+    path = tmp_path / "grid.toml"
+    for device, extra in (("mps", []), ("cpu", ["--device", "mps"])):
+        path.write_text('name = "t"\ndataset = "/nonexistent"\nsplits = ["random"]\n'
+                        f'architectures = ["mlp1"]\nbetas = [1.0]\ndevice = "{device}"\n')
+        assert main(["train", str(path), "--dry-run", *extra]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("rdbench: error: invalid device 'mps'") and err.count("\n") == 1
 
 
 def test_expand_is_the_full_product_with_stable_distinct_ids(tiny_dataset):

@@ -541,3 +541,31 @@ before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 encode_set(group, images, np.arange(len(images)), generators, EvalSettings())
 print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)
 """
+
+
+def test_neighbours_of_runs_without_a_fingerprint_are_made_once(runs, capsys) -> None:
+    """Runs of an older version record no dataset fingerprint: their neighbours file is
+    ``<split>.npz`` (``neighbours_name``), written once and current on the next evaluate
+    (not recomputed, renamed or deleted), and the leftovers of its killed writes are found
+    under that name."""
+    from rdbench.files import temporary_name
+
+    runs_dir, data = runs
+    for path in runs_dir.glob("*/config.json"):
+        config = json.loads(path.read_text())
+        del config["dataset_fingerprint"]
+        path.write_text(json.dumps(config))
+    assert rdbench(["evaluate", str(runs_dir), *FAST]) == 0
+    neighbours = runs_dir / "neighbours" / "random.npz"
+    assert sorted(p.name for p in neighbours.parent.glob("*.npz")) == ["random.npz"]
+    with np.load(neighbours) as nn:
+        assert str(nn["dataset_fingerprint"]) == data.fingerprint  # what it was made on
+    made = neighbours.stat()
+    killed = neighbours.parent / temporary_name("random.npz", "tmp")
+    killed.write_text("partial")
+    assert rdbench(["evaluate", str(runs_dir), *FAST]) == 0
+    assert "evaluated 0 run(s)" in _summary_line(capsys)
+    again = neighbours.stat()
+    assert (again.st_ino, again.st_mtime_ns) == (made.st_ino, made.st_mtime_ns)
+    assert sorted(p.name for p in neighbours.parent.glob("*.npz")) == ["random.npz"]
+    assert not killed.exists()

@@ -514,3 +514,148 @@ def test_index_html_renders_in_headless_chromium(built: Path, tmp_path: Path) ->
         grey = np.asarray(image.convert("L"), dtype=float)
     assert grey.std() > 10, "blank screenshot"
     assert (grey < 128).mean() > 0.005, "no dark pixels: text and figures missing"
+
+
+# ---------------------------------------------------------------- several datasets, variants
+def _write_history(run: Path) -> None:
+    rows = ["iteration,loss,distortion,rate"] + [f"{i},{90 - i / 10},{80 - i / 10},10"
+                                                 for i in (10, 20)]
+    (run / "history.csv").write_text("\n".join(rows) + "\n")
+
+
+def _write_best(run: Path, best_iteration: int) -> None:
+    """As training with a validation set and `evaluate --checkpoint best` leave a run."""
+    (run / "status.json").write_text(json.dumps(
+        {"status": "done", "iteration": 1000, "best_iteration": best_iteration,
+         "stopped": None}))
+    (run / "model_best.pt").write_bytes(b"")
+    metrics = json.loads((run / "metrics.json").read_text())
+    for set_name in ("train", "test"):
+        metrics[set_name]["distortion"] *= 0.98
+    (run / "metrics_best.json").write_text(json.dumps(metrics))
+
+
+def _runs_on_datasets(root: Path, datasets: dict[str, str],
+                      best_at: dict[tuple[str, str], int] | None = None) -> Path:
+    """cv-16384 · mlp1 runs (β-VAE and GRAE, β 0.1 and 1, seeds 0 and 1) on each dataset
+    path, with its fingerprint; ``best_at[(path, objective)]``: every such run's best
+    validation iteration (with model_best.pt and metrics_best.json)."""
+    rng = np.random.default_rng(0)
+    for k, (path, fingerprint) in enumerate(datasets.items()):
+        for objective in ("beta_vae", "grae"):
+            for beta in (0.1, 1.0):
+                for seed in (0, 1):
+                    cfg = {**_grid()[0], "run_id": f"d{k}-{objective}-{beta:g}-{seed}",
+                           "objective": objective, "beta": beta, "seed": seed,
+                           "dataset": path, "dataset_fingerprint": fingerprint}
+                    _write_run(root, cfg, "done", rng)
+                    if best_at:
+                        _write_best(root / cfg["run_id"], best_at[path, objective])
+    return root
+
+
+def _section(page: str, heading: str) -> str:
+    """The text of a report.md section, up to the next heading of its level."""
+    level = heading.split(" ")[0]
+    after = page.split(heading + "\n", 1)[1]
+    return re.split(rf"^{level} ", after, maxsplit=1, flags=re.M)[0]
+
+
+def test_early_stopping_is_drawn_and_tabled_per_dataset(monkeypatch, tmp_path: Path) -> None:
+    """Two datasets with validation sets and one split name (as configs/datasets.toml's
+    cv-2048): a figure and a stopping table each, whose best iterations are that dataset's
+    and objective's own, never averaged over datasets or objectives."""
+    from analysis import curves
+
+    paths = {"/nonexistent/one/dsa": "a" * 16, "/nonexistent/two/dsb": "b" * 16}
+    best_at = {("/nonexistent/one/dsa", "beta_vae"): 100, ("/nonexistent/one/dsa", "grae"): 500,
+               ("/nonexistent/two/dsb", "beta_vae"): 300, ("/nonexistent/two/dsb", "grae"): 700}
+    runs_dir = _runs_on_datasets(tmp_path / "runs", paths, best_at)
+    labels = {}
+
+    def record(fig, stem: Path):
+        labels[stem.name] = sorted({t.get_text() for ax in fig.axes for t in ax.texts})
+        return []
+
+    monkeypatch.setattr(report, "_load_dataset", _raise_input_error)
+    monkeypatch.setattr(curves, "save", record)
+    out = report.build_report(runs_dir, tmp_path / "report")
+    assert labels == {"rd_early_stopping_cv-16384_mlp1_dsa": ["0.1 @100", "1 @100"],
+                      "rd_early_stopping_cv-16384_mlp1_dsb": ["0.1 @300", "1 @300"]}
+    early = _section((out / "report.md").read_text(), "## Early stopping (Bozkurt et al., "
+                     "appendix)")
+    for name, iterations in (("dsa", (100, 500)), ("dsb", (300, 700))):
+        rows = [line.split(" | ") for line in _section(early, f"### Dataset {name}").splitlines()
+                if line.startswith("| cv-16384")]
+        assert sorted((r[2], r[4]) for r in rows) == [
+            ("beta_vae", f"{iterations[0]} ± 0"), ("beta_vae", f"{iterations[0]} ± 0"),
+            ("grae", f"{iterations[1]} ± 0"), ("grae", f"{iterations[1]} ± 0")]
+    stopping = pd.read_csv(out / "stopping.csv")
+    assert set(zip(stopping["dataset"], stopping["objective"], stopping["best_iteration"],
+                   strict=True)) == {("dsa", "beta_vae", 100), ("dsa", "grae", 500),
+                                     ("dsb", "beta_vae", 300), ("dsb", "grae", 700)}
+
+
+def test_early_stopping_of_one_dataset_is_not_drawn_for_another(monkeypatch,
+                                                               tmp_path: Path) -> None:
+    """Only one dataset's runs have best checkpoints (the best table has no dataset column
+    of its own): its early-stopping figure, none for the other dataset."""
+    paths = {"/nonexistent/one/dsa": "a" * 16, "/nonexistent/two/dsb": "b" * 16}
+    runs_dir = _runs_on_datasets(tmp_path / "runs", paths)
+    for run in runs_dir.glob("d0-*"):
+        _write_best(run, 100)
+    monkeypatch.setattr(report, "_load_dataset", _raise_input_error)
+    out = report.build_report(runs_dir, tmp_path / "report")
+    assert sorted(p.name for p in (out / "figures").glob("rd_early_stopping_*.png")) == [
+        "rd_early_stopping_cv-16384_mlp1_dsa.png"]
+
+
+def test_datasets_sharing_a_directory_name_are_compared_across(monkeypatch,
+                                                               tmp_path: Path) -> None:
+    """Two datasets named tetrominoes (other parents, other fingerprints): labelled apart by
+    their fingerprints, and Fig. 7 draws both."""
+    paths = {"/nonexistent/one/tetrominoes": "a" * 16,
+             "/nonexistent/two/tetrominoes": "b" * 16}
+    runs_dir = _runs_on_datasets(tmp_path / "runs", paths)
+    monkeypatch.setattr(report, "_load_dataset", _raise_input_error)
+    out = report.build_report(runs_dir, tmp_path / "report")
+    page = (out / "report.md").read_text()
+    assert "## Dataset tetrominoes-aaaaaa" in page and "## Dataset tetrominoes-bbbbbb" in page
+    assert (out / "figures" / "rd_datasets.png").read_bytes()[:8] == PNG_MAGIC
+
+
+def test_training_curves_group_by_training_settings_only(tmp_path: Path) -> None:
+    """Seeds of one β, one evaluated with other estimator settings and one not evaluated
+    (an iwae_samples column in the runs table): one training-curve figure of all three."""
+    rng = np.random.default_rng(0)
+    recorded = {"iwae_samples": 1000, "iwae_subset": 1000, "mi_batch": 512, "max_examples": 0}
+    for seed in range(3):
+        cfg = {**_grid()[0], "run_id": f"s{seed}", "seed": seed, "_no_metrics": seed == 2}
+        _write_run(tmp_path, cfg, "done", rng)
+        _write_history(tmp_path / f"s{seed}")
+    _write_settings(tmp_path / "s0", recorded)
+    _write_settings(tmp_path / "s1", {**recorded, "iwae_samples": 100})
+    runs = tables.collect_runs(tmp_path)
+    assert "iwae_samples" in runs.columns
+    from analysis.curves import collect_histories, curve_groups
+
+    histories = collect_histories(runs, tmp_path)
+    assert "iwae_samples" not in histories.columns
+    (key, rows), = curve_groups(histories)
+    assert key == ("cv-16384", "mlp1", "beta_vae") and sorted(rows["seed"].unique()) == [0, 1, 2]
+
+
+def test_reconstructions_are_of_the_variant_the_rd_curve_shows(tmp_path: Path) -> None:
+    """Two latent sizes on one split and architecture (no plain variant): the RD figure
+    draws the most common (latent 10: three β); the reconstructions are of its runs (seed 1),
+    not of the lowest seed of any variant (seed 0, latent 20)."""
+    rng = np.random.default_rng(0)
+    for latent, betas, seed in ((10, (0.1, 1.0, 3.0), 1), (20, (0.1, 1.0), 0)):
+        for beta in betas:
+            _write_run(tmp_path, {**_grid()[0], "run_id": f"z{latent}-{beta:g}", "beta": beta,
+                                  "seed": seed, "latent_dim": latent}, "done", rng)
+    runs = tables.collect_runs(tmp_path)
+    shown = figures_rd._main(tables.summarise(runs))
+    assert set(shown["latent_dim"]) == {10}
+    chosen = figures.reconstruction_runs(runs, "cv-16384", "mlp1")
+    assert list(chosen["run_id"]) == ["z10-0.1", "z10-1", "z10-3"]
