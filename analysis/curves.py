@@ -71,11 +71,14 @@ def curve_groups(histories: pd.DataFrame) -> list[tuple[tuple, pd.DataFrame]]:
 
 
 def _variant_columns_of(histories: pd.DataFrame) -> list[str]:
-    fixed = {*IDENTITY, "iteration"} | {c for c in histories.columns
-                                        if c in dict(CURVES) or c.startswith("val_")}
-    if "dataset" in histories.columns:  # the fingerprint only tells apart what dataset does
+    """The run keys (the columns before ``iteration``, :func:`collect_histories`) beyond
+    :data:`IDENTITY` that differ; never a logged value (an objective's own, such as GRAE's
+    ``log_det``, is a value, not a key)."""
+    keys = list(histories.columns[:histories.columns.get_loc("iteration")])
+    fixed = set(IDENTITY)
+    if "dataset" in keys:  # the fingerprint only tells apart what dataset does
         fixed.add("dataset_fingerprint")
-    return [c for c in histories.columns if c not in fixed
+    return [c for c in keys if c not in fixed
             and histories[c].dropna().map(str).nunique() > 1]
 
 

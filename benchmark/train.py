@@ -164,9 +164,8 @@ def _print_plan(grid: GridConfig, runs: list[dict], jobs: list[Job], skipped: di
           f"combinations); finished already: "
           f"{', '.join(f'{n} {status}' for status, n in skipped.items()) or 'none'}")
     print(f"{len(jobs)} jobs on {', '.join(devices)}:")
-    kinds = {r["dataset"]: r.get("dataset_kind", "?") for r in runs}
     table = [("dataset", "split", "architecture", "objective", "models", "from it.")] + [
-        (kinds.get(job.dataset, "?"), job.split, job.spec.architecture, job.spec.objective,
+        (Path(job.dataset).name, job.split, job.spec.architecture, job.spec.objective,
          str(len(job.spec.betas)), str(job.start)) for job in jobs]
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
     for row in table:

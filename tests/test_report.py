@@ -645,6 +645,25 @@ def test_training_curves_group_by_training_settings_only(tmp_path: Path) -> None
     assert key == ("cv-16384", "mlp1", "beta_vae") and sorted(rows["seed"].unique()) == [0, 1, 2]
 
 
+def test_an_objectives_own_logged_values_are_not_curve_keys(tmp_path: Path) -> None:
+    """GRAE logs log_det and taylor_distortion beside loss, D and R: values that differ at
+    every row, which once made a figure of every row. Two seeds: one figure, both seeds."""
+    rng = np.random.default_rng(0)
+    for seed in range(2):
+        cfg = {**_grid()[0], "run_id": f"g{seed}", "seed": seed, "objective": "grae"}
+        _write_run(tmp_path, cfg, "done", rng)
+        rows = ["iteration,loss,distortion,rate,log_det,taylor_distortion"] + [
+            f"{i},{90 - i / 10},{80 - i / 10},10,{seed + i / 7},{70 - i / 9}" for i in (10, 20)]
+        (tmp_path / f"g{seed}" / "history.csv").write_text("\n".join(rows) + "\n")
+    from analysis.curves import collect_histories, curve_groups
+
+    histories = collect_histories(tables.collect_runs(tmp_path), tmp_path)
+    assert {"log_det", "taylor_distortion"} <= set(histories.columns)
+    (key, rows), = curve_groups(histories)
+    assert key == ("cv-16384", "mlp1", "grae") and sorted(rows["seed"].unique()) == [0, 1]
+    assert len(rows) == 4
+
+
 def test_reconstructions_are_of_the_variant_the_rd_curve_shows(tmp_path: Path) -> None:
     """Two latent sizes on one split and architecture (no plain variant): the RD figure
     draws the most common (latent 10: three β); the reconstructions are of its runs (seed 1),
