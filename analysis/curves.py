@@ -216,10 +216,11 @@ def plot_rd_early_stopping(summary: pd.DataFrame, best: pd.DataFrame, stopping: 
         draw_rd_curve(ax, final[final["set"] == set_name], colour=color(0), label=None)
         rows = early[early["set"] == set_name].sort_values("beta")
         draw_rd_curve(ax, rows, colour=color(1), label=None, marker="s", linestyle="--")
-        for r in rows.itertuples():
+        for k, r in enumerate(rows.itertuples()):  # neighbours' labels below / above
             if r.beta in iteration.index and np.isfinite(r.rate_mean):
                 ax.annotate(f"{r.beta:g} @{_short(iteration[r.beta])}",
-                            (r.rate_mean, r.distortion_mean), xytext=(4, -9),
+                            (r.rate_mean, r.distortion_mean),
+                            xytext=(4, -9) if k % 2 == 0 else (4, 5),
                             textcoords="offset points", fontsize=6, color=color(1))
         ax.set_title(f"{set_name} set")
     _label_axes(list(axes[0]))
