@@ -307,12 +307,14 @@ def check_model(run_dir: Path, checkpoint: str = "final") -> None:
 
 
 def _group(todo: list[tuple[Path, dict]]) -> dict[tuple, list[tuple[Path, dict]]]:
-    """Runs evaluated together: one dataset, one split, one model structure (they stack)."""
+    """Runs evaluated together: one dataset, one split and its rows trained on (validation),
+    one model structure (they stack)."""
     from benchmark.grid import model_key
 
     groups: dict[tuple, list] = defaultdict(list)
     for run_dir, c in todo:
-        groups[(c["dataset"], c["split"], model_key(c))].append((run_dir, c))
+        groups[(c["dataset"], c["split"], int(c.get("validation") or 0), model_key(c))].append(
+            (run_dir, c))
     return dict(groups)
 
 

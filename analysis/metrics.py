@@ -48,6 +48,7 @@ from tqdm import tqdm
 
 from analysis import estimators as est
 from analysis.tables import ESTIMATOR_SETTINGS
+from imagesets.splits import validation_rows
 from imagesets.tensor import channels_first, model_input, to_float
 from rdbench.io import InputError
 from rdbench.seeding import derive_seed
@@ -74,6 +75,7 @@ class EvalSettings:
         out["distortion"] = "one posterior sample per example, set average"
         out["seeds"] = "per run and set: blake2b(run_id, set, purpose)"
         out["rate"] = "closed form KL(q(z|x) || N(0, I)), set average"
+        out["train_set"] = TRAIN_SET
         return out
 
     def gives_the_numbers_of(self, recorded: object) -> bool:
@@ -81,7 +83,8 @@ class EvalSettings:
         numbers these settings give: every field of ``ESTIMATOR_SETTINGS`` agrees."""
         wanted = self.to_json()
         return isinstance(recorded, dict) and all(
-            k in recorded and recorded[k] == wanted[k] for k in ESTIMATOR_SETTINGS)
+            k in recorded and recorded[k] == wanted[k] for k in (*ESTIMATOR_SETTINGS,
+                                                                 "train_set"))
 
 
 # --- posteriors --------------------------------------------------------------------------
@@ -159,16 +162,23 @@ class ModelGroup:
 
 # --- evaluation --------------------------------------------------------------------------
 
+# What the "train" set is: earlier versions took a split's whole training set, including the
+# validation images a run held out and never trained on; their metrics are evaluated again.
+TRAIN_SET = "the split's training rows the run trained on (its validation rows left out)"
+
+
 def evaluate_group(members: list[tuple[Path, dict]], data: Any, settings: EvalSettings,
                    device: torch.device, checkpoint: str = "final") -> list[dict]:
     """metrics.json contents for every run of one group (one split, one model structure),
     at ``checkpoint`` (``final``: model.pt, ``best``: model_best.pt)."""
     configs = [c for _, c in members]
     group = ModelGroup.load([d for d, _ in members], configs, device, checkpoint)
-    split = data.split(configs[0]["split"])
+    split_name, validation = configs[0]["split"], int(configs[0].get("validation") or 0)
+    split = data.split(split_name)
+    trained = validation_rows(split.train, split_name, validation)[0]  # not the held-out rows
     out: list[dict] = [{"settings": settings.to_json(), "checkpoint": checkpoint}
                        for _ in members]
-    for name, rows in zip(SETS, split, strict=True):
+    for name, rows in zip(SETS, (trained, split.test), strict=True):
         for m, metrics in enumerate(evaluate_set(group, data.images, rows, name, settings)):
             out[m][name] = metrics
     return out

@@ -311,14 +311,12 @@ def training_images(dataset: str, split: str, validation: int) -> tuple[Any, Any
     import numpy as np
 
     from imagesets import load_verified
-    from imagesets.splits import hold_out
+    from imagesets.splits import validation_rows
 
     data = load_verified(dataset)  # a worker may see another copy (Dask): checked again
-    train = data.split(split).train
-    if not validation:
-        return np.ascontiguousarray(data.images[train]), None
-    train, held = hold_out(train, validation, ("validation", split, validation))
-    return np.ascontiguousarray(data.images[train]), np.ascontiguousarray(data.images[held])
+    train, held = validation_rows(data.split(split).train, split, validation)
+    return (np.ascontiguousarray(data.images[train]),
+            np.ascontiguousarray(data.images[held]) if validation else None)
 
 
 def connect(scheduler: str, timeout: float = 20.0) -> Any:

@@ -200,6 +200,16 @@ def check_split(train: np.ndarray, test: np.ndarray, n: int, what: str) -> None:
         raise InputError(f"{what}: train and test share rows")
 
 
+def validation_rows(train: np.ndarray, split: str, validation: int
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """(rows a run trains on, its validation rows) of a split's training rows with
+    ``validation`` images held out: seeded by the split's name and ``validation``, so the same
+    for every run of the split, for training and for evaluation; (train, no rows) without."""
+    if not validation:
+        return train, train[:0]
+    return hold_out(train, validation, ("validation", split, validation))
+
+
 def hold_out(train: np.ndarray, n: int, key: tuple) -> tuple[np.ndarray, np.ndarray]:
     """(rows trained on, validation rows): ``n`` rows of ``train`` chosen by a generator
     seeded with ``key`` (e.g. the split's name), both sorted; the same for every caller."""

@@ -116,3 +116,29 @@ def test_best_checkpoints_are_evaluated_apart_and_reported_beside_the_final(tiny
     assert {"runs_best.csv", "summary_best.csv", "history.csv", "stopping.csv"} <= {
         p.name for p in report.iterdir()}
     assert "best checkpoint (iteration)" in (report / "report.md").read_text()
+
+
+def test_the_train_set_evaluated_is_the_rows_trained_on(tiny_dataset, tmp_path, capsys):
+    """A run's train metrics are over the rows it trained on, never its held-out validation
+    rows (set_size = n_train = the split's training set less them); metrics of a version that
+    took the whole split are evaluated again."""
+    _write_grid(tmp_path / "grid.toml", tiny_dataset)
+    runs = tmp_path / "runs"
+    assert main(["train", str(tmp_path / "grid.toml"), "--out", str(runs)]) == 0
+    evaluate = ["evaluate", str(runs), "--iwae-samples", "4", "--iwae-subset", "8",
+                "--nn-subset", "20"]
+    assert main(evaluate) == 0
+    whole = len(imagesets.load(tiny_dataset).split("random").train)
+    for run in runs_io.find_runs(runs):
+        config = json.loads((run / "config.json").read_text())
+        train = json.loads((run / "metrics.json").read_text())["train"]
+        assert train["set_size"] == train["n"] == config["n_train"] == whole - 40
+    run = runs_io.find_runs(runs)[0]
+    metrics = json.loads((run / "metrics.json").read_text())
+    del metrics["settings"]["train_set"]  # as an earlier version wrote it
+    metrics["train"]["set_size"] = whole
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    capsys.readouterr()
+    assert main(evaluate) == 0
+    assert "evaluated 1 run(s)" in capsys.readouterr().out
+    assert json.loads((run / "metrics.json").read_text())["train"]["set_size"] == whole - 40
