@@ -138,7 +138,7 @@ def main(args: argparse.Namespace) -> int:
 
 
 _CURVES = (("beta_vae", "β-VAE (Monte Carlo)", "-"), ("taylor", "Taylor (eq. 7)", "--"),
-           ("grae", "GRAE (eq. 12)", ":"))
+           ("grae", "GRAE (eq. 12 / 13)", ":"))
 
 
 def plot_objectives(table: pd.DataFrame, stem) -> list:
