@@ -1,6 +1,7 @@
 """Estimators of SPEC §5, pure torch: Gaussian densities and KLs, the rate decomposition
 R = I_q(x;z) + KL(q(z) ‖ p(z)), the importance-sampled bound on log p(x), and ℓ₂ nearest
-neighbours. Imports nothing of ours: training losses and evaluation share this file.
+neighbours. The Gaussian formulas training shares live in
+``benchmark.gaussians`` and are re-exported here.
 
 All quantities are in nats. Shapes: N examples (B in a batch), d latent dimensions, K
 importance samples. A Gaussian posterior is given mean-field as ``(mu, logvar)`` or with a
@@ -18,56 +19,24 @@ import numpy as np
 import torch
 from torch import Tensor
 
-LOG_2PI = math.log(2.0 * math.pi)
+from benchmark.gaussians import (  # noqa: F401  (re-exported: one formula, two stages)
+    LOG_2PI,
+    _check_posterior,
+    _half_logdet,
+    gaussian_kl_to_standard,
+    kl_tril_to_standard,
+    log_normal_diag,
+    log_normal_tril,
+    log_standard_normal,
+    minibatch_log_qz,
+    pairwise_log_density,
+    reparameterise,
+)
 
 # Exact log q(z): blocks of (rows, columns) of the N × N matrix ℓᵢⱼ small enough to stay in
 # cache; the N² exps dominate, so one pass over cache-sized blocks beats big matmuls.
 _EXACT_BLOCK = (256, 2048)
 _EXACT_BLOCK_GPU = (2048, 65536)  # 1 GiB of float64 per block
-
-
-def gaussian_kl_to_standard(mu: Tensor, logvar: Tensor) -> Tensor:
-    """KL(N(μ, diag e^logvar) ‖ N(0, I)) = ½ Σₖ (μₖ² + e^{logvarₖ} − 1 − logvarₖ).
-
-    mu, logvar: (..., d) -> (...).
-    """
-    return 0.5 * (mu.square() + logvar.exp() - 1.0 - logvar).sum(-1)
-
-
-def kl_tril_to_standard(mu: Tensor, scale_tril: Tensor) -> Tensor:
-    """KL(N(μ, L Lᵀ) ‖ N(0, I)) = ½ (‖L‖_F² + ‖μ‖² − d) − Σₖ log |Lₖₖ|.
-
-    mu: (..., d), scale_tril: (..., d, d) -> (...).
-    """
-    d = mu.shape[-1]
-    frobenius = scale_tril.square().sum((-2, -1))
-    return 0.5 * (frobenius + mu.square().sum(-1) - d) - _half_logdet(scale_tril)
-
-
-def log_standard_normal(z: Tensor) -> Tensor:
-    """log N(z; 0, I) = −½ (‖z‖² + d log 2π).  z: (..., d) -> (...)."""
-    return -0.5 * (z.square().sum(-1) + z.shape[-1] * LOG_2PI)
-
-
-def log_normal_diag(z: Tensor, mu: Tensor, logvar: Tensor) -> Tensor:
-    """log N(z; μ, diag e^logvar) = −½ Σₖ [(zₖ − μₖ)² e^{−logvarₖ} + logvarₖ + log 2π].
-
-    z, mu, logvar: broadcastable (..., d) -> (...).
-    """
-    return -0.5 * ((z - mu).square() * (-logvar).exp() + logvar + LOG_2PI).sum(-1)
-
-
-def log_normal_tril(z: Tensor, mu: Tensor, scale_tril: Tensor) -> Tensor:
-    """log N(z; μ, L Lᵀ) = −½ ‖L⁻¹(z − μ)‖² − Σₖ log |Lₖₖ| − (d/2) log 2π.
-
-    z, mu: (..., d), scale_tril: (..., d, d), batch dimensions broadcastable -> (...).
-    """
-    diff = z - mu
-    d = diff.shape[-1]
-    batch = torch.broadcast_shapes(diff.shape[:-1], scale_tril.shape[:-2])
-    L = scale_tril.expand(*batch, d, d)
-    v = torch.linalg.solve_triangular(L, diff.expand(*batch, d).unsqueeze(-1), upper=False)
-    return -0.5 * (v.squeeze(-1).square().sum(-1) + d * LOG_2PI) - _half_logdet(L)
 
 
 def sample_gaussian(mu: Tensor, logvar: Tensor | None = None, *,
@@ -80,53 +49,6 @@ def sample_gaussian(mu: Tensor, logvar: Tensor | None = None, *,
     _check_posterior(mu, logvar, scale_tril)
     shape = mu.shape if num_samples is None else (num_samples, *mu.shape)
     return reparameterise(_randn(shape, mu, generator), mu, logvar, scale_tril)
-
-
-def reparameterise(eps: Tensor, mu: Tensor, logvar: Tensor | None = None,
-                   scale_tril: Tensor | None = None) -> Tensor:
-    """z = μ + e^{logvar/2} ⊙ ε (mean-field) or z = μ + L ε (full / block covariance) for
-    standard normal ε (..., N, d): the one reparameterisation of training and evaluation."""
-    if scale_tril is None:
-        return mu + (0.5 * logvar).exp() * eps
-    return mu + (scale_tril @ eps.unsqueeze(-1)).squeeze(-1)
-
-
-def pairwise_log_density(z: Tensor, mu: Tensor, logvar: Tensor | None = None, *,
-                         scale_tril: Tensor | None = None) -> Tensor:
-    """ℓᵢⱼ = log q(zᵢ | xⱼ) for every pair, direct (differentiable, no cancellation).
-
-    z: (B, d), mu: (M, d), logvar: (M, d) or scale_tril: (M, d, d) -> (B, M).
-    """
-    _check_posterior(mu, logvar, scale_tril)
-    if scale_tril is None:
-        return log_normal_diag(z[:, None, :], mu[None], logvar[None])
-    d = mu.shape[-1]
-    eye = torch.eye(d, dtype=mu.dtype, device=mu.device).expand_as(scale_tril)
-    inv = torch.linalg.solve_triangular(scale_tril, eye, upper=False)  # (M, d, d) = L⁻¹
-    v = torch.einsum("jab,ib->ija", inv, z) - (inv @ mu.unsqueeze(-1)).squeeze(-1)  # (B, M, d)
-    return -0.5 * (v.square().sum(-1) + d * LOG_2PI) - _half_logdet(scale_tril)
-
-
-def minibatch_log_qz(z: Tensor, mu: Tensor, logvar: Tensor | None = None, *,
-                     scale_tril: Tensor | None = None, dataset_size: int) -> Tensor:
-    """Stratified minibatch estimate of log q(zᵢ), q(z) = (1/N) Σₙ q(z|xₙ) (Esmaeili+ 2019).
-
-    For a batch of B ≥ 2 distinct examples of a set of N ≥ B, zᵢ ~ q(z|xᵢ),
-    ℓᵢⱼ = log q(zᵢ|xⱼ):
-        log q̂(zᵢ) = logsumexpⱼ (ℓᵢⱼ + log wᵢⱼ),
-        wᵢᵢ = 1/N,  wᵢⱼ = (N − 1) / (N (B − 1)) for j ≠ i   (Σⱼ wᵢⱼ = 1).
-    q̂ is unbiased for q(zᵢ) given zᵢ; with B = N it is exact. Differentiable.
-
-    z, mu: (B, d), logvar: (B, d) or scale_tril: (B, d, d) -> (B,).
-    """
-    B, N = z.shape[0], int(dataset_size)
-    if B < 2 or N < B:
-        raise ValueError(f"need 2 <= batch size <= dataset_size, got B={B}, N={N}")
-    ell = pairwise_log_density(z, mu, logvar, scale_tril=scale_tril)  # (B, B)
-    own = torch.eye(B, dtype=torch.bool, device=z.device)
-    log_w = torch.full((B, B), math.log(N - 1) - math.log(N) - math.log(B - 1),
-                       dtype=ell.dtype, device=ell.device).masked_fill(own, -math.log(N))
-    return torch.logsumexp(ell + log_w, dim=1)  # log_w is a constant: vmap-safe
 
 
 def exact_log_qz(z: Tensor, mu: Tensor, logvar: Tensor | None = None, *,
@@ -273,21 +195,6 @@ def nearest_neighbour_distances(test: Tensor | np.ndarray, train: Tensor | np.nd
 
 
 # --- helpers -----------------------------------------------------------------------------
-
-def _check_posterior(mu: Tensor, logvar: Tensor | None, scale_tril: Tensor | None) -> None:
-    if (logvar is None) == (scale_tril is None):
-        raise ValueError("give exactly one of logvar and scale_tril")
-    if logvar is not None and logvar.shape != mu.shape:
-        raise ValueError(f"logvar shape {tuple(logvar.shape)} != mu shape {tuple(mu.shape)}")
-    want = (*mu.shape, mu.shape[-1])
-    if scale_tril is not None and scale_tril.shape != want:
-        raise ValueError(f"scale_tril shape {tuple(scale_tril.shape)} != {want}")
-
-
-def _half_logdet(scale_tril: Tensor) -> Tensor:
-    """½ log det(L Lᵀ) = Σₖ log |Lₖₖ|.  (..., d, d) -> (...)."""
-    return scale_tril.diagonal(dim1=-2, dim2=-1).abs().log().sum(-1)
-
 
 def _maybe_double(t: Tensor | None) -> Tensor | None:
     return None if t is None else t.double()

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import torch
 
-from analysis.estimators import log_normal_diag, log_standard_normal, minibatch_log_qz
+from benchmark.gaussians import log_normal_diag, log_standard_normal, minibatch_log_qz
 from benchmark.objectives import Objective, gaussian_kl, reparameterise, upcast
 from rdbench.io import InputError
 

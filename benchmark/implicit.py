@@ -46,7 +46,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from analysis.estimators import kl_tril_to_standard, reparameterise
+from benchmark.gaussians import kl_tril_to_standard, reparameterise
 from benchmark.objectives import Objective, upcast
 from rdbench.io import InputError
 

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 
 import torch
 
-from analysis.estimators import gaussian_kl_to_standard as gaussian_kl
-from analysis.estimators import reparameterise
+from benchmark.gaussians import gaussian_kl_to_standard as gaussian_kl
+from benchmark.gaussians import reparameterise
 from rdbench.io import InputError
 
 
