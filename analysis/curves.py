@@ -198,6 +198,7 @@ def plot_rd_early_stopping(summary: pd.DataFrame, best: pd.DataFrame, stopping: 
         _marker_legend,
         draw_rd_curve,
         finish,
+        rows_of_curve,
         split_label,
     )
     from analysis.plot_style import color
@@ -210,7 +211,9 @@ def plot_rd_early_stopping(summary: pd.DataFrame, best: pd.DataFrame, stopping: 
     if early.empty:
         return Skipped(f"no best-checkpoint metrics for {split} / {architecture} (train with "
                        "`validation = N`, then `rdbench evaluate --checkpoint best`)")
-    iteration = _drawn(stopping, early).groupby("beta")["best_iteration"].mean()
+    drawn = rows_of_curve(stopping, early, [c for c in early.columns
+                                            if c in stopping.columns and c != "beta"])
+    iteration = drawn.groupby("beta")["best_iteration"].mean()
     fig, axes = figure(1, 2, width=3.7, height=3.3)
     for ax, set_name in zip(axes[0], ("train", "test"), strict=True):
         draw_rd_curve(ax, final[final["set"] == set_name], colour=color(0), label=None)
@@ -231,16 +234,6 @@ def plot_rd_early_stopping(summary: pd.DataFrame, best: pd.DataFrame, stopping: 
     finish(fig, handles + _marker_legend(), f"Early stopping · {split_label(summary, split)} · "
            f"{architecture}", ncol=2)
     return save(fig, stem)
-
-
-def _drawn(stopping: pd.DataFrame, curve: pd.DataFrame) -> pd.DataFrame:
-    """The rows of ``stopping`` of the runs of one drawn curve: its split, architecture,
-    objective and the values of its variant columns (one per column along a curve)."""
-    drawn = stopping
-    for column in (c for c in curve.columns if c in stopping.columns and c != "beta"):
-        value = curve[column].iloc[0]
-        drawn = drawn[drawn[column].isna() if pd.isna(value) else drawn[column] == value]
-    return drawn
 
 
 def _short(iteration: float) -> str:

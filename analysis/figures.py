@@ -28,6 +28,7 @@ from analysis.figures_rd import (
     plot_rd_objectives,
     plot_rd_sizes,
     plot_rd_splits,
+    rows_of_curve,
     set_legend,
     split_label,
     variant_columns,
@@ -200,16 +201,13 @@ def reconstruction_runs(runs: pd.DataFrame, split: str, architecture: str) -> pd
     """One run per β of the curve :func:`plot_rd` draws for the split and architecture (the
     main objective's runs without options, else its most common variant): its smallest seed
     among the finished runs."""
-    done = evaluated(runs)
-    done = done[(done["split"] == split) & (done["architecture"] == architecture)]
-    shown = _main(summarise(evaluated(runs))) if not done.empty else done
+    finished = evaluated(runs)
+    done = finished[(finished["split"] == split) & (finished["architecture"] == architecture)]
+    shown = _main(summarise(finished)) if not done.empty else done
     shown = shown[(shown["split"] == split) & (shown["architecture"] == architecture)]
     if shown.empty:
         return done.iloc[:0]
-    done = done[done["set"] == "test"]
-    for column in variant_columns(shown):  # one value along a curve
-        value = shown[column].iloc[0]
-        done = done[done[column].isna() if pd.isna(value) else done[column] == value]
+    done = rows_of_curve(done[done["set"] == "test"], shown, variant_columns(shown))
     return done.sort_values(["beta", "seed"]).groupby("beta", as_index=False).first()
 
 

@@ -43,6 +43,16 @@ def variant_columns(summary: pd.DataFrame) -> list[str]:
     return ["objective", *option_columns_of_summary(summary)]
 
 
+def rows_of_curve(rows: pd.DataFrame, curve: pd.DataFrame, columns: list[str]
+                  ) -> pd.DataFrame:
+    """The ``rows`` whose values in ``columns`` are those of a drawn ``curve`` (one value per
+    column along a curve; a missing value matches a missing value)."""
+    for column in columns:
+        value = curve[column].iloc[0]
+        rows = rows[rows[column].isna() if pd.isna(value) else rows[column] == value]
+    return rows
+
+
 def option_columns_of_summary(summary: pd.DataFrame) -> list[str]:
     """Flattened objective options (e.g. ``block_size``) among the summary's columns."""
     metric_cols = {f"{m}_{s}" for m in SUMMARY_METRICS for s in ("mean", "std")}
